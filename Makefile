@@ -1,0 +1,34 @@
+# usage_guard: PGXS build.  `make && make install`, then the test targets
+# below (run as a non-root user: they start throwaway clusters).
+
+EXTENSION = usage_guard
+EXTVERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'.*/\1/p" usage_guard.control)
+
+MODULE_big = usage_guard
+OBJS = src/usage_guard.o src/api.o src/decision.o src/ledger.o src/period.o \
+       src/policy.o src/query.o
+PG_CPPFLAGS = -I$(srcdir)/src
+PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
+
+DATA = $(wildcard sql/$(EXTENSION)--*.sql)
+
+REGRESS = setup catalog check consume record periods billing overrides \
+          idempotency soft_mode errors totals meter_table
+REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/usage_guard.conf
+
+ISOLATION = consume_last_unit
+ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=./tmp_isolation \
+                 --temp-config=$(srcdir)/test/usage_guard.conf
+
+EXTRA_CLEAN = tmp_regress tmp_isolation output_iso
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# Separate targets, so one failing suite does not hide the next.
+.PHONY: regress isolation
+regress:
+	$(pg_regress_installcheck) $(REGRESS_OPTS) $(REGRESS)
+isolation:
+	$(pg_isolation_regress_installcheck) $(ISOLATION_OPTS) $(ISOLATION)

@@ -1,0 +1,81 @@
+# scripts/common.sh: shared by demo.sh and test.sh.  Installs what is
+# missing, builds and installs the extension, and runs throwaway clusters
+# as an unprivileged user (initdb and postgres refuse to run as root).
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# Run a command as the cluster owner: postgres when we are root, else ourselves.
+as_owner() {
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# Debian packages this project needs to build, test and demo.
+ensure_prereqs() {
+    local need=()
+    command -v pg_config >/dev/null 2>&1 && [ -f "$(pg_config --pgxs 2>/dev/null)" ] || need+=(postgresql-server-dev-15)
+    [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
+    [ -f /usr/share/postgresql/15/extension/pg_cron.control ] || need+=(postgresql-15-cron)
+    perl -MIPC::Run -e1 >/dev/null 2>&1 || need+=(libipc-run-perl)
+    command -v make >/dev/null 2>&1 || need+=(make)
+    command -v gcc >/dev/null 2>&1 || need+=(gcc)
+    if [ ${#need[@]} -gt 0 ]; then
+        if [ "$(id -u)" != 0 ]; then
+            log "missing packages: ${need[*]} (run as root, or: sudo apt-get install -y ${need[*]})"
+            exit 1
+        fi
+        log "installing ${need[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q >/dev/null
+        apt-get install -y -q "${need[@]}" >/dev/null
+    fi
+    if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+        useradd --system --home /var/lib/postgresql --shell /bin/bash postgres
+    fi
+    export PATH="$(pg_config --bindir):$PATH"
+}
+
+build_install() {
+    log "building and installing usage_guard"
+    make -C "$ROOT" -s clean >/dev/null
+    make -C "$ROOT" -s
+    if [ "$(id -u)" = 0 ]; then
+        make -C "$ROOT" -s install >/dev/null
+    else
+        sudo make -C "$ROOT" -s install >/dev/null
+    fi
+}
+
+# A work directory the cluster owner can write to, removed on exit.
+make_workdir() {
+    WORKDIR=$(mktemp -d /tmp/usage_guard.XXXXXX)
+    chmod 755 "$WORKDIR"
+    [ "$(id -u)" = 0 ] && chown postgres: "$WORKDIR"
+    return 0
+}
+
+# start_cluster DIR PORT: initdb + start on loopback, socket in DIR
+start_cluster() {
+    local dir=$1 port=$2
+    as_owner initdb -D "$dir/data" -U postgres --auth=trust --no-sync -E UTF8 >/dev/null
+    cat >>"$dir/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$dir'
+shared_preload_libraries = 'usage_guard'
+CONF
+    as_owner pg_ctl -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
+    export PGHOST=$dir PGPORT=$port PGUSER=postgres
+}
+
+stop_cluster() {
+    local dir=$1
+    [ -f "$dir/data/postmaster.pid" ] && as_owner pg_ctl -D "$dir/data" -m fast -w stop >/dev/null || true
+}

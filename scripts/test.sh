@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on throwaway clusters: pg_regress, isolation
+# and (when present) TAP tests.  Installs missing Debian packages, builds and
+# installs the extension first.  Usage: bash scripts/test.sh
+source "$(dirname "$0")/common.sh"
+
+ensure_prereqs
+build_install
+make_workdir
+trap 'rm -rf "$WORKDIR"' EXIT
+
+# The suites write results next to the sources: run them on a copy the
+# unprivileged cluster owner can write to.
+tar -C "$ROOT" --exclude=.git -cf - . | tar -C "$WORKDIR" -xf -
+[ "$(id -u)" = 0 ] && chown -R postgres: "$WORKDIR"
+
+passed=0 failed=0 status=0
+run_suite() {
+    local name=$1; shift
+    log "$name"
+    local ok bad rc=0
+    as_owner "$@" >"$WORKDIR/$name.log" 2>&1 || rc=$?
+    cat "$WORKDIR/$name.log"
+    ok=$(grep -cE '\.\.\. ok|^ok [0-9]' "$WORKDIR/$name.log" || true)
+    bad=$(grep -cE '\.\.\. FAILED|^not ok [0-9]' "$WORKDIR/$name.log" || true)
+    # a suite that failed without a failing test (did not start) counts too
+    [ $rc -ne 0 ] && [ "$bad" -eq 0 ] && bad=1
+    [ $rc -ne 0 ] && status=1
+    passed=$((passed + ok)); failed=$((failed + bad))
+}
+
+run_suite regress make -C "$WORKDIR" -s regress
+run_suite isolation make -C "$WORKDIR" -s isolation
+if ls "$WORKDIR"/test/t/*.pl >/dev/null 2>&1; then
+    run_suite tap make -C "$WORKDIR" -s tap
+fi
+
+for f in "$WORKDIR"/regression.diffs "$WORKDIR"/output_iso/regression.diffs; do
+    if [ -s "$f" ]; then
+        log "differences in ${f#$WORKDIR/}:"
+        cat "$f"
+        mkdir -p "$ROOT/results"
+        cp "$f" "$ROOT/results/$(basename "$(dirname "$f")").diffs"
+    fi
+done
+for f in "$WORKDIR"/tmp_check/log/*; do
+    [ -f "$f" ] && [ $status -ne 0 ] && { log "TAP log ${f#$WORKDIR/}:"; tail -n 50 "$f"; }
+done
+
+[ $failed -gt 0 ] && status=1
+echo "usage_guard tests: $passed passed, $failed failed"
+exit $status

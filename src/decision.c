@@ -1,0 +1,368 @@
+/*
+ * decision.c
+ *		Turns the limits of a feature, with the usage of each window, into one
+ *		decision for a request; and reports it: the JSON an application turns
+ *		into an HTTP 429/402 body, the errors with dedicated SQLSTATEs, and the
+ *		soft-limit WARNING.
+ */
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/fmgrprotos.h"
+#include "utils/json.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+
+#include "usage_guard.h"
+
+static const char *const decision_names[] = {
+	[DECISION_ALLOW] = "allow",
+	[DECISION_SOFT_LIMIT] = "soft_limit",
+	[DECISION_HARD_LIMIT] = "hard_limit",
+};
+
+/* Name of a decision as returned to SQL */
+const char *
+DecisionKindName(DecisionKind kind)
+{
+	return decision_names[kind];
+}
+
+static int
+NumCmp(Numeric a, Numeric b)
+{
+	return DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(a), NumericGetDatum(b)));
+}
+
+static Numeric
+NumAdd(Numeric a, Numeric b)
+{
+	return numeric_add_opt_error(a, b, NULL);
+}
+
+static Numeric
+NumSub(Numeric a, Numeric b)
+{
+	return numeric_sub_opt_error(a, b, NULL);
+}
+
+/* limit - usage, never below zero; NULL for unlimited */
+static Numeric
+Remaining(Numeric limit, Numeric usage)
+{
+	Numeric		r;
+
+	if (limit == NULL)
+		return NULL;
+	r = NumSub(limit, usage);
+	if (NumCmp(r, int64_to_numeric(0)) < 0)
+		return int64_to_numeric(0);
+	return r;
+}
+
+/*
+ * Is candidate (limit room, window end) a better pick than the best so far?
+ * Less room wins; on a tie the window that resets later, since the caller
+ * has to wait for that one.
+ */
+static bool
+Tighter(Numeric room, const FeatureLimit *w, Numeric best_room, const FeatureLimit *best)
+{
+	int			c;
+
+	if (best == NULL)
+		return true;
+	c = NumCmp(room, best_room);
+	if (c != 0)
+		return c < 0;
+	return w->window_end > best->window_end;
+}
+
+/*
+ * Evaluate every window of a feature for a request of `requested` units.
+ * The reported window is the blocking one (hard before soft, the tightest
+ * first), else the one closest to any of its limits.  A feature without
+ * limits rows is not included in the plan: an implicit hard limit of 0.
+ */
+Decision *
+EvaluateLimits(const char *tenant_id, const char *plan_code,
+			   const char *feature_key, FeatureLimit *limits, int nlimits,
+			   Numeric requested)
+{
+	Decision   *d = palloc0(sizeof(Decision));
+	const FeatureLimit *hard = NULL,
+			   *soft = NULL,
+			   *close = NULL;
+	Numeric		hard_room = NULL,
+				soft_room = NULL,
+				close_room = NULL;
+	bool		close_is_hard = false;
+
+	d->tenant_id = tenant_id;
+	d->plan_code = plan_code;
+	d->feature_key = feature_key;
+	d->requested = requested;
+
+	if (nlimits == 0)
+	{
+		d->allowed = false;
+		d->kind = DECISION_HARD_LIMIT;
+		d->limit_is_hard = true;
+		d->limit_value = int64_to_numeric(0);
+		d->usage = int64_to_numeric(0);
+		d->remaining = int64_to_numeric(0);
+		return d;
+	}
+
+	for (int i = 0; i < nlimits; i++)
+	{
+		const FeatureLimit *w = &limits[i];
+		Numeric		after = NumAdd(w->usage, requested);
+
+		if (w->hard_limit != NULL)
+		{
+			Numeric		room = NumSub(w->hard_limit, w->usage);
+
+			if (NumCmp(after, w->hard_limit) > 0 && Tighter(room, w, hard_room, hard))
+			{
+				hard = w;
+				hard_room = room;
+			}
+			if (Tighter(room, w, close_room, close))
+			{
+				close = w;
+				close_room = room;
+				close_is_hard = true;
+			}
+		}
+		if (w->soft_limit != NULL)
+		{
+			Numeric		room = NumSub(w->soft_limit, w->usage);
+
+			if (NumCmp(after, w->soft_limit) > 0 && Tighter(room, w, soft_room, soft))
+			{
+				soft = w;
+				soft_room = room;
+			}
+			/* strictly tighter: on a tie the hard limit is the one to report */
+			if (close == NULL || NumCmp(room, close_room) < 0)
+			{
+				close = w;
+				close_room = room;
+				close_is_hard = false;
+			}
+		}
+	}
+
+	if (hard != NULL)
+	{
+		d->allowed = false;
+		d->kind = DECISION_HARD_LIMIT;
+		d->window = hard;
+		d->limit_is_hard = true;
+		d->limit_value = hard->hard_limit;
+	}
+	else if (soft != NULL)
+	{
+		d->allowed = (usage_guard_soft_limit_mode == SOFT_LIMIT_WARN);
+		d->kind = DECISION_SOFT_LIMIT;
+		d->window = soft;
+		d->limit_is_hard = false;
+		d->limit_value = soft->soft_limit;
+	}
+	else
+	{
+		d->allowed = true;
+		d->kind = DECISION_ALLOW;
+		/* every window unlimited: report the first */
+		d->window = close != NULL ? close : &limits[0];
+		d->limit_is_hard = close_is_hard;
+		d->limit_value = close == NULL ? NULL :
+			(close_is_hard ? close->hard_limit : close->soft_limit);
+	}
+	d->usage = d->window->usage;
+	d->remaining = Remaining(d->limit_value, d->usage);
+	return d;
+}
+
+/* ISO 8601 UTC, e.g. 2025-11-01T00:00:00Z, as clients parse it */
+static void
+AppendIsoTimestamp(StringInfo buf, TimestampTz ts)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	if (TIMESTAMP_NOT_FINITE(ts) || timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) != 0)
+	{
+		appendStringInfoString(buf, "null");
+		return;
+	}
+	appendStringInfo(buf, "\"%04d-%02d-%02dT%02d:%02d:%02d",
+					 tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+	if (fsec != 0)
+		appendStringInfo(buf, ".%06d", (int) fsec);
+	appendStringInfoString(buf, "Z\"");
+}
+
+static void
+AppendKey(StringInfo buf, const char *key)
+{
+	if (buf->len > 1)
+		appendStringInfoChar(buf, ',');
+	escape_json(buf, key);
+	appendStringInfoChar(buf, ':');
+}
+
+static void
+AppendStr(StringInfo buf, const char *key, const char *value)
+{
+	AppendKey(buf, key);
+	if (value == NULL)
+		appendStringInfoString(buf, "null");
+	else
+		escape_json(buf, value);
+}
+
+static void
+AppendNum(StringInfo buf, const char *key, Numeric value)
+{
+	AppendKey(buf, key);
+	if (value == NULL)
+		appendStringInfoString(buf, "null");
+	else
+		appendStringInfoString(buf, DatumGetCString(DirectFunctionCall1(numeric_out,
+																		NumericGetDatum(value))));
+}
+
+static void
+AppendTs(StringInfo buf, const char *key, const FeatureLimit *w, bool end)
+{
+	AppendKey(buf, key);
+	if (w == NULL)
+		appendStringInfoString(buf, "null");
+	else
+		AppendIsoTimestamp(buf, end ? w->window_end : w->window_start);
+}
+
+/* The decision as the JSON object of an error's DETAIL */
+char *
+DecisionJson(const Decision *d, const char *code)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	AppendStr(&buf, "code", code);
+	AppendStr(&buf, "decision", DecisionKindName(d->kind));
+	AppendStr(&buf, "tenant_id", d->tenant_id);
+	AppendStr(&buf, "plan_code", d->plan_code);
+	AppendStr(&buf, "feature_key", d->feature_key);
+	AppendStr(&buf, "period", d->window ? PeriodKindName(d->window->period) : NULL);
+	AppendStr(&buf, "limit_type", d->limit_value ? (d->limit_is_hard ? "hard_limit" : "soft_limit") : NULL);
+	AppendNum(&buf, "limit_value", d->limit_value);
+	AppendNum(&buf, "usage", d->usage);
+	AppendNum(&buf, "requested", d->requested);
+	AppendNum(&buf, "remaining", d->remaining);
+	AppendTs(&buf, "window_start", d->window, false);
+	AppendTs(&buf, "window_end", d->window, true);
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
+}
+
+/* Human-readable 501 of 500 "messages" per day, for messages */
+static char *
+Describe(const Decision *d)
+{
+	char	   *after = DatumGetCString(DirectFunctionCall1(numeric_out,
+															NumericGetDatum(NumAdd(d->usage, d->requested))));
+	char	   *limit = DatumGetCString(DirectFunctionCall1(numeric_out,
+															NumericGetDatum(d->limit_value)));
+
+	return psprintf("%s of %s \"%s\" per %s", after, limit, d->feature_key,
+					PeriodKindName(d->window->period));
+}
+
+/* When the deciding window resets, for hints */
+static char *
+ResetHint(const Decision *d)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	AppendIsoTimestamp(&buf, d->window->window_end);
+	/* drop the JSON quotes */
+	buf.data[buf.len - 1] = '\0';
+	return buf.data + 1;
+}
+
+/* Raise usage_limit_exceeded (UG001) or usage_soft_limit_exceeded (UG002) */
+void
+RaiseLimitExceeded(const Decision *d)
+{
+	if (d->window == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_USAGE_LIMIT_EXCEEDED),
+				 errmsg("plan \"%s\" does not include feature \"%s\"",
+						d->plan_code, d->feature_key),
+				 errdetail_internal("%s", DecisionJson(d, "usage_limit_exceeded")),
+				 errhint("Add the feature to the plan in usage_guard.plan_features, or give the tenant a row in usage_guard.tenant_overrides.")));
+	else if (d->kind == DECISION_HARD_LIMIT)
+		ereport(ERROR,
+				(errcode(ERRCODE_USAGE_LIMIT_EXCEEDED),
+				 errmsg("usage limit exceeded: tenant \"%s\" would use %s (hard limit)",
+						d->tenant_id, Describe(d)),
+				 errdetail_internal("%s", DecisionJson(d, "usage_limit_exceeded")),
+				 errhint("The window resets at %s. Raise the limit, upgrade the plan, or add a tenant override.",
+						 ResetHint(d))));
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_USAGE_SOFT_LIMIT_EXCEEDED),
+				 errmsg("usage soft limit exceeded: tenant \"%s\" would use %s (soft limit)",
+						d->tenant_id, Describe(d)),
+				 errdetail_internal("%s", DecisionJson(d, "usage_soft_limit_exceeded")),
+				 errhint("usage_guard.soft_limit_mode is \"block\"; set it to \"warn\" to allow requests over soft limits. The window resets at %s.",
+						 ResetHint(d))));
+}
+
+/* WARNING for a request allowed over a soft limit (soft_limit_mode = warn) */
+void
+WarnSoftLimit(const Decision *d)
+{
+	ereport(WARNING,
+			(errcode(ERRCODE_USAGE_SOFT_LIMIT_EXCEEDED),
+			 errmsg("usage soft limit exceeded: tenant \"%s\" uses %s (soft limit)",
+					d->tenant_id, Describe(d)),
+			 errdetail_internal("%s", DecisionJson(d, "usage_soft_limit_exceeded"))));
+}
+
+/* Raise usage_policy_configuration_error (UG003): no subscription that grants access */
+void
+RaisePolicyError(const char *tenant_id, const char *feature_key, const Subscription *sub)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	AppendStr(&buf, "code", "usage_policy_configuration_error");
+	AppendStr(&buf, "reason", sub == NULL ? "no_subscription" : "subscription_inactive");
+	AppendStr(&buf, "tenant_id", tenant_id);
+	AppendStr(&buf, "plan_code", sub ? sub->plan_code : NULL);
+	AppendStr(&buf, "feature_key", feature_key);
+	AppendStr(&buf, "status", sub ? sub->status : NULL);
+	appendStringInfoChar(&buf, '}');
+
+	if (sub == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_USAGE_POLICY_CONFIGURATION),
+				 errmsg("tenant \"%s\" has no subscription", tenant_id),
+				 errdetail_internal("%s", buf.data),
+				 errhint("Insert a row into usage_guard.tenant_subscriptions for the tenant.")));
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_USAGE_POLICY_CONFIGURATION),
+				 errmsg("subscription of tenant \"%s\" is %s", tenant_id, sub->status),
+				 errdetail_internal("%s", buf.data),
+				 errhint("Only an active or trialing subscription grants access; update usage_guard.tenant_subscriptions.status.")));
+}
