@@ -20,15 +20,20 @@ ISOLATION = consume_last_unit
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=./tmp_isolation \
                  --temp-config=$(srcdir)/test/usage_guard.conf
 
-EXTRA_CLEAN = tmp_regress tmp_isolation output_iso
+TAP_TESTS = 1
+PROVE_TESTS = $(wildcard test/t/*.pl)
+
+EXTRA_CLEAN = tmp_regress tmp_isolation output_iso tmp_check
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 # Separate targets, so one failing suite does not hide the next.
-.PHONY: regress isolation
+.PHONY: regress isolation tap
 regress:
 	$(pg_regress_installcheck) $(REGRESS_OPTS) $(REGRESS)
 isolation:
 	$(pg_isolation_regress_installcheck) $(ISOLATION_OPTS) $(ISOLATION)
+tap:
+	$(prove_installcheck)

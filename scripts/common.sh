@@ -61,9 +61,17 @@ make_workdir() {
     return 0
 }
 
+# A TCP port on loopback that nothing listens on, from $1 upwards.
+free_port() {
+    local p=$1
+    while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
+    echo "$p"
+}
+
 # start_cluster DIR PORT: initdb + start on loopback, socket in DIR
 start_cluster() {
-    local dir=$1 port=$2
+    local dir=$1 port
+    port=$(free_port "$2")
     as_owner initdb -D "$dir/data" -U postgres --auth=trust --no-sync -E UTF8 >/dev/null
     cat >>"$dir/data/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
@@ -71,7 +79,11 @@ port = $port
 unix_socket_directories = '$dir'
 shared_preload_libraries = 'usage_guard'
 CONF
-    as_owner pg_ctl -D "$dir/data" -l "$dir/server.log" -w start >/dev/null
+    if ! as_owner pg_ctl -D "$dir/data" -l "$dir/server.log" -w start >/dev/null; then
+        log "the server did not start; its log:"
+        cat "$dir/server.log" >&2
+        return 1
+    fi
     export PGHOST=$dir PGPORT=$port PGUSER=postgres
 }
 

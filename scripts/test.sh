@@ -21,8 +21,16 @@ run_suite() {
     local ok bad rc=0
     as_owner "$@" >"$WORKDIR/$name.log" 2>&1 || rc=$?
     cat "$WORKDIR/$name.log"
-    ok=$(grep -cE '\.\.\. ok|^ok [0-9]' "$WORKDIR/$name.log" || true)
-    bad=$(grep -cE '\.\.\. FAILED|^not ok [0-9]' "$WORKDIR/$name.log" || true)
+    if [ "$name" = tap ]; then
+        # prove: "Files=1, Tests=13, ..." and "Failed 1/13 subtests"
+        local total
+        total=$(sed -n 's/^Files=[0-9]*, Tests=\([0-9]*\),.*/\1/p' "$WORKDIR/$name.log" | tail -n 1)
+        bad=$(sed -n 's/.*Failed \([0-9]*\)\/[0-9]* subtests.*/\1/p' "$WORKDIR/$name.log" | awk '{s += $1} END {print s + 0}')
+        ok=$(( ${total:-0} - bad ))
+    else
+        ok=$(grep -cE '\.\.\. ok' "$WORKDIR/$name.log" || true)
+        bad=$(grep -cE '\.\.\. FAILED' "$WORKDIR/$name.log" || true)
+    fi
     # a suite that failed without a failing test (did not start) counts too
     [ $rc -ne 0 ] && [ "$bad" -eq 0 ] && bad=1
     [ $rc -ne 0 ] && status=1
@@ -35,12 +43,13 @@ if ls "$WORKDIR"/test/t/*.pl >/dev/null 2>&1; then
     run_suite tap make -C "$WORKDIR" -s tap
 fi
 
-for f in "$WORKDIR"/regression.diffs "$WORKDIR"/output_iso/regression.diffs; do
+for pair in regress:regression.diffs isolation:output_iso/regression.diffs; do
+    f="$WORKDIR/${pair#*:}"
     if [ -s "$f" ]; then
-        log "differences in ${f#$WORKDIR/}:"
+        log "differences in ${pair%%:*}:"
         cat "$f"
         mkdir -p "$ROOT/results"
-        cp "$f" "$ROOT/results/$(basename "$(dirname "$f")").diffs"
+        cp "$f" "$ROOT/results/${pair%%:*}.diffs"
     fi
 done
 for f in "$WORKDIR"/tmp_check/log/*; do

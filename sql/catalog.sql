@@ -53,6 +53,12 @@ TRUNCATE usage_guard.usage_events;
 SELECT try($$INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount) VALUES ('ledger-test', 'messages', -1)$$);
 INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount, occurred_at, kind)
 VALUES ('ledger-test', 'messages', -1, '2025-01-01 10:30+00', 'adjustment');
+-- the ledger refers to features by key: unknown ones are refused, used ones kept
+SELECT try($$INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount) VALUES ('ledger-test', 'nope', 1)$$);
+SELECT try($$DELETE FROM usage_guard.features WHERE feature_key = 'messages'$$);
+SELECT try($$UPDATE usage_guard.features SET feature_key = 'msgs' WHERE feature_key = 'messages'$$);
+SELECT try($$UPDATE usage_guard.features SET unit = 'msg' WHERE feature_key = 'messages'$$);
+SELECT try($$DELETE FROM usage_guard.features WHERE feature_key = 'output_tokens'$$);
 -- the trigger keeps the hourly counters equal to the ledger
 SELECT tenant_id, feature_key, bucket_start, sum(usage) AS usage, sum(events) AS events
   FROM usage_guard.usage_counters WHERE tenant_id = 'ledger-test'

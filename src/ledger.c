@@ -43,7 +43,8 @@ static CachedQuery insert_query = {
 	"INSERT INTO usage_guard.usage_events"
 	" (tenant_id, feature_key, amount, occurred_at, kind, idempotency_key, attributes)"
 	" VALUES ($1, $2, $3, $4, $5, $6, $7)"
-	" ON CONFLICT ON CONSTRAINT usage_events_idempotency_key_unique DO NOTHING",
+	" ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL"
+	" DO NOTHING",
 	7, {TEXTOID, TEXTOID, NUMERICOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, JSONBOID}
 };
 
