@@ -59,12 +59,3 @@ SELECT try($$DELETE FROM usage_guard.features WHERE feature_key = 'messages'$$);
 SELECT try($$UPDATE usage_guard.features SET feature_key = 'msgs' WHERE feature_key = 'messages'$$);
 SELECT try($$UPDATE usage_guard.features SET unit = 'msg' WHERE feature_key = 'messages'$$);
 SELECT try($$DELETE FROM usage_guard.features WHERE feature_key = 'output_tokens'$$);
--- the trigger keeps the hourly counters equal to the ledger
-SELECT tenant_id, feature_key, bucket_start, sum(usage) AS usage, sum(events) AS events
-  FROM usage_guard.usage_counters WHERE tenant_id = 'ledger-test'
- GROUP BY 1, 2, 3;
--- and they can be rebuilt from it
-SELECT usage_guard.rebuild_counters() > 0 AS rebuilt;
-SELECT tenant_id, feature_key, bucket_start, sum(usage) AS usage, sum(events) AS events
-  FROM usage_guard.usage_counters WHERE tenant_id = 'ledger-test'
- GROUP BY 1, 2, 3;

@@ -15,7 +15,7 @@ VALUES ('chk', 'chk_plan', '2025-11-01 00:00+00');
 SELECT * FROM usage_guard.usage_check('chk', 'chk_tokens', 10, '2025-11-18 12:00+00');
 -- no side effects
 SELECT count(*) AS events FROM usage_guard.usage_events WHERE tenant_id = 'chk';
-SELECT count(*) AS locks FROM usage_guard.consume_locks WHERE tenant_id = 'chk';
+SELECT count(*) AS in_flight FROM usage_guard.usage_counters WHERE tenant_id = 'chk' AND reserved <> 0;
 
 -- usage from earlier in the month counts for the month, not for today
 SELECT usage_guard.usage_record('chk', 'chk_tokens', 850, '2025-11-10 09:00+00');

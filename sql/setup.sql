@@ -57,3 +57,5 @@ SELECT c.relname, a.attname AS first_pk_column
  ORDER BY 1;
 
 SHOW usage_guard.soft_limit_mode;
+-- the test cluster preloads the library: the shared-memory fast path is on
+SELECT enabled, max_counters > 0 AS sized, bytes_per_counter > 0 AS measured FROM usage_guard.shmem_info();

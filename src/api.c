@@ -15,6 +15,7 @@
 #include "funcapi.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "usage_guard.h"
@@ -124,50 +125,271 @@ Attributes(FunctionCallInfo fcinfo, int argno)
 	return PointerGetDatum(j);
 }
 
-static void
-RequireFeature(const char *feature_key)
+static bool not_preloaded_reported = false;
+
+/* The amount argument as an Amount (at most 12 decimal places) */
+static Amount
+ToAmount(Numeric n)
 {
-	if (!FeatureExists(feature_key))
+	Amount		a;
+
+	if (!NumericToAmount(n, &a))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("amount must have at most %d decimal places", AMOUNT_SCALE_DIGITS)));
+	return a;
+}
+
+/* The feature must exist and the subscription grant access */
+static void
+RequireAccess(const Policy *policy)
+{
+	if (!policy->feature_exists)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("unknown feature \"%s\"", feature_key),
+				 errmsg("unknown feature \"%s\"", policy->feature_key),
 				 errhint("Features are rows of usage_guard.features.")));
+	if (!policy->has_subscription ||
+		(strcmp(policy->status, "active") != 0 && strcmp(policy->status, "trialing") != 0))
+		RaisePolicyError(policy->tenant_id, policy->feature_key, policy);
 }
 
-/* Only an active or trialing subscription grants access */
-static Subscription *
-RequireSubscription(const char *tenant_id, const char *feature_key)
+/* Say once per backend why decisions take the table path */
+static void
+ReportTablePath(void)
 {
-	Subscription *sub = LookupSubscription(tenant_id);
-
-	if (sub == NULL ||
-		(strcmp(sub->status, "active") != 0 && strcmp(sub->status, "trialing") != 0))
-		RaisePolicyError(tenant_id, feature_key, sub);
-	return sub;
+	if (!CountersAvailable() && !not_preloaded_reported)
+	{
+		not_preloaded_reported = true;
+		ereport(LOG,
+				(errmsg("usage_guard: not loaded by shared_preload_libraries; decisions use the table path"),
+				 errhint("Add usage_guard to shared_preload_libraries and restart for the shared-memory fast path.")));
+	}
 }
 
+/*
+ * Load the windows of a key that shared memory lacks, from the ledger
+ * (docs/architecture.md, "Loading a window").  With `wait` false, gives up
+ * instead of waiting for other writers of the key.  False when a window
+ * could not be loaded.
+ */
 static bool
-AnyLimit(const FeatureLimit *limits, int n)
+LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *starts,
+			const TimestampTz *ends, int n, bool wait)
 {
+	LWLock	   *lock = CounterPartitionLock(hash);
+	bool		missing[2 * PERIOD_KINDS];
+	bool		any = false;
+	bool		ok = true;
+
+	LWLockAcquire(lock, LW_SHARED);
+	{
+		CounterEntry *entry = CounterLookup(key, hash);
+
+		for (int i = 0; i < n; i++)
+		{
+			missing[i] = (entry == NULL || CounterFindWindow(entry, starts[i], ends[i]) == NULL);
+			any |= missing[i];
+		}
+	}
+	LWLockRelease(lock);
+	if (!any)
+		return true;
+
+	if (wait)
+		LockCounterKey(key, hash, ExclusiveLock);
+	else if (!ConditionalLockCounterKey(key, hash, ExclusiveLock))
+		return false;
+
+	SPI_connect();
+	for (int i = 0; i < n && ok; i++)
+	{
+		Amount		sum,
+					pos,
+					neg;
+		bool		present;
+
+		if (!missing[i])
+			continue;
+		/* another loader may have been first */
+		LWLockAcquire(lock, LW_SHARED);
+		{
+			CounterEntry *entry = CounterLookup(key, hash);
+
+			present = (entry != NULL && CounterFindWindow(entry, starts[i], ends[i]) != NULL);
+		}
+		LWLockRelease(lock);
+		if (present)
+			continue;
+
+		sum = LedgerWindowSum(key->tenant_id, key->feature_key, starts[i], ends[i]);
+		/* our own uncommitted rows are in the sum: they are in flight, not usage */
+		OwnWritesIn(key, starts[i], ends[i], &pos, &neg);
+		ok = CounterAddWindow(key, hash, starts[i], ends[i], sum - pos - neg, pos, neg,
+							  GetCurrentTransactionStartTimestamp());
+		if (ok)
+			RegisterOwnWritesIn(key, starts[i], ends[i]);
+		else
+			CounterReportFull();
+	}
+	SPI_finish();
+	UnlockCounterKey(key, hash, ExclusiveLock);
+	return ok;
+}
+
+/* Current windows of the limits, then the next window of each */
+static int
+WindowsToLoad(const Policy *policy, const FeatureLimit *limits, int n,
+			  TimestampTz *starts, TimestampTz *ends, bool with_next)
+{
+	int			m = 0;
+
 	for (int i = 0; i < n; i++)
-		if (limits[i].soft_limit != NULL || limits[i].hard_limit != NULL)
+	{
+		starts[m] = limits[i].window_start;
+		ends[m] = limits[i].window_end;
+		m++;
+	}
+	for (int i = 0; with_next && i < n; i++)
+	{
+		PeriodWindow(limits[i].period, policy, limits[i].window_end, &starts[m], &ends[m]);
+		m++;
+	}
+	return m;
+}
+
+/* Fill each limit's usage (committed + in flight) from a key's entry; false if a window is missing */
+static bool
+ReadUsage(CounterEntry *entry, FeatureLimit *limits, int n)
+{
+	if (entry == NULL)
+		return false;
+	for (int i = 0; i < n; i++)
+	{
+		CounterWindow *w = CounterFindWindow(entry, limits[i].window_start, limits[i].window_end);
+
+		if (w == NULL)
+			return false;
+		limits[i].usage = w->usage + w->reserved;
+	}
+	return true;
+}
+
+/*
+ * Usage of each limit's window from shared memory, loading it if that can
+ * be done without waiting.  False: answer from the ledger instead.
+ */
+static bool
+FastRead(const CounterKey *key, uint32 hash, const Policy *policy,
+		 FeatureLimit *limits, int n)
+{
+	LWLock	   *lock = CounterPartitionLock(hash);
+	TimestampTz starts[2 * PERIOD_KINDS],
+				ends[2 * PERIOD_KINDS];
+
+	for (int attempt = 0; attempt < 2; attempt++)
+	{
+		CounterEntry *entry;
+		bool		ok;
+
+		LWLockAcquire(lock, LW_SHARED);
+		entry = CounterLookup(key, hash);
+		ok = ReadUsage(entry, limits, n);
+		if (ok)
+			CounterTouch(entry);
+		LWLockRelease(lock);
+		if (ok)
 			return true;
+		if (attempt == 0 &&
+			!LoadWindows(key, hash, starts, ends,
+						 WindowsToLoad(policy, limits, n, starts, ends, false), false))
+			return false;
+	}
 	return false;
+}
+
+/*
+ * Decide and, when allowed, count the request in shared memory, atomically
+ * (one partition lock covers all windows of the key).  *write is the
+ * counted write.  False: shared memory cannot hold the key's windows.
+ */
+static bool
+FastConsume(const CounterKey *key, uint32 hash, const Policy *policy,
+			FeatureLimit *limits, int n, TimestampTz at, Amount amount,
+			Decision **d, LocalWrite **write)
+{
+	LWLock	   *lock = CounterPartitionLock(hash);
+	TimestampTz starts[2 * PERIOD_KINDS],
+				ends[2 * PERIOD_KINDS];
+	int			m = WindowsToLoad(policy, limits, n, starts, ends, true);
+
+	/* a writer holds this until its transaction ends: loaders wait for it */
+	LockCounterKey(key, hash, RowExclusiveLock);
+
+	for (int attempt = 0; attempt < 3; attempt++)
+	{
+		CounterEntry *entry;
+		bool		next_missing = false;
+
+		LWLockAcquire(lock, LW_EXCLUSIVE);
+		entry = CounterLookup(key, hash);
+		if (ReadUsage(entry, limits, n))
+		{
+			*d = EvaluateLimits(policy->tenant_id, policy->plan_code, policy->feature_key,
+								limits, n, amount);
+			if ((*d)->allowed)
+			{
+				*write = NewLocalWrite(key, hash, at, amount);
+				RegisterWrite(entry, *write);
+			}
+			for (int i = n; i < m; i++)
+				next_missing |= (CounterFindWindow(entry, starts[i], ends[i]) == NULL);
+			CounterTouch(entry);
+			LWLockRelease(lock);
+			/* have the next windows ready before their period starts */
+			if (next_missing)
+				(void) LoadWindows(key, hash, starts + n, ends + n, m - n, false);
+			return true;
+		}
+		LWLockRelease(lock);
+		if (!LoadWindows(key, hash, starts, ends, m, true))
+			return false;
+	}
+	return false;
+}
+
+/* Usage of each limit's window from the ledger (committed and own rows) */
+static void
+TableRead(const Policy *policy, FeatureLimit *limits, int n)
+{
+	SPI_connect();
+	for (int i = 0; i < n; i++)
+		limits[i].usage = LedgerWindowSum(policy->tenant_id, policy->feature_key,
+										  limits[i].window_start, limits[i].window_end);
+	SPI_finish();
 }
 
 /* The decision as a usage_guard.usage_decision row */
 static Datum
-DecisionDatum(FunctionCallInfo fcinfo, const Decision *d)
+DecisionDatum(FunctionCallInfo fcinfo, const Decision *d, Numeric requested)
 {
-	TupleDesc	tupdesc;
+	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
 	Datum		values[14];
 	bool		nulls[14] = {0};
 
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("function returning record called in context that cannot accept type record")));
-	tupdesc = BlessTupleDesc(tupdesc);
+	if (tupdesc == NULL)
+	{
+		MemoryContext old;
+
+		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("function returning record called in context that cannot accept type record")));
+		old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+		MemoryContextSwitchTo(old);
+		fcinfo->flinfo->fn_extra = tupdesc;
+	}
 
 	values[0] = BoolGetDatum(d->allowed);
 	values[1] = CStringGetTextDatum(DecisionKindName(d->kind));
@@ -178,19 +400,16 @@ DecisionDatum(FunctionCallInfo fcinfo, const Decision *d)
 		values[5] = CStringGetTextDatum(PeriodKindName(d->window->period));
 	else
 		nulls[5] = true;
-	if (d->limit_value)
+	if (d->has_limit)
 	{
 		values[6] = CStringGetTextDatum(d->limit_is_hard ? "hard_limit" : "soft_limit");
-		values[7] = NumericGetDatum(d->limit_value);
+		values[7] = NumericGetDatum(AmountToNumeric(d->limit_value));
+		values[10] = NumericGetDatum(AmountToNumeric(d->remaining));
 	}
 	else
-		nulls[6] = nulls[7] = true;
-	values[8] = NumericGetDatum(d->usage);
-	values[9] = NumericGetDatum(d->requested);
-	if (d->remaining)
-		values[10] = NumericGetDatum(d->remaining);
-	else
-		nulls[10] = true;
+		nulls[6] = nulls[7] = nulls[10] = true;
+	values[8] = NumericGetDatum(AmountToNumeric(d->usage));
+	values[9] = NumericGetDatum(requested);
 	if (d->window)
 	{
 		values[11] = TimestampTzGetDatum(d->window->window_start);
@@ -204,25 +423,28 @@ DecisionDatum(FunctionCallInfo fcinfo, const Decision *d)
 }
 
 /*
- * Shared body of check, consume and enforce.  Consume order: serialization
- * point, idempotency, usage, decision, ledger row (see ledger.c).
+ * Shared body of check, consume and enforce: policy from the cache, the
+ * windows at `at`, usage from shared memory (or the ledger), the decision,
+ * and for consume the ledger row.
  */
 static Datum
 Decide(FunctionCallInfo fcinfo, CallMode mode)
 {
 	char	   *tenant_id = RequiredText(fcinfo, 0, "tenant_id");
 	char	   *feature_key = RequiredText(fcinfo, 1, "feature_key");
-	Numeric		amount = RequiredAmount(fcinfo, 2);
+	Numeric		amount_num = RequiredAmount(fcinfo, 2);
+	Amount		amount = ToAmount(amount_num);
 	char	   *key = NULL;
 	Datum		attributes = (Datum) 0;
 	TimestampTz at;
-	Subscription *sub;
-	FeatureLimit *limits;
-	int			nlimits;
-	bool		duplicate = false;
-	Decision   *d;
-	MemoryContext caller = CurrentMemoryContext;
-	MemoryContext spi;
+	Policy		policy;
+	FeatureLimit limits[PERIOD_KINDS];
+	int			n;
+	Decision   *d = NULL;
+	LocalWrite *write = NULL;
+	CounterKey	ckey;
+	uint32		hash = 0;
+	bool		fast = CountersAvailable();
 
 	if (mode == CALL_CHECK)
 		at = RequiredTime(fcinfo, 3, "at");
@@ -233,56 +455,81 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 		at = RequiredTime(fcinfo, 5, "at");
 	}
 
-	SPI_connect();
-	RequireFeature(feature_key);
-	sub = RequireSubscription(tenant_id, feature_key);
-	limits = LookupLimits(tenant_id, sub->plan_code, feature_key, at, &nlimits);
-
-	if (mode != CALL_CHECK)
+	GetPolicy(tenant_id, feature_key, &policy);
+	RequireAccess(&policy);
+	n = EffectiveLimits(&policy, at, limits);
+	for (int i = 0; i < n; i++)
+		PeriodWindow(limits[i].period, &policy, at, &limits[i].window_start, &limits[i].window_end);
+	if (fast)
 	{
-		if (AnyLimit(limits, nlimits))
-			LockForConsume(tenant_id, feature_key);
-		if (key != NULL && IdempotencyKeyExists(tenant_id, key))
-			duplicate = true;
-	}
-
-	for (int i = 0; i < nlimits; i++)
-	{
-		FeatureLimit *w = &limits[i];
-
-		PeriodWindow(w->period, sub, at, &w->window_start, &w->window_end);
-		w->usage = WindowUsage(tenant_id, feature_key, w->window_start, w->window_end);
-	}
-
-	/* the decision outlives SPI_finish: build it in the caller's context */
-	spi = MemoryContextSwitchTo(caller);
-	if (duplicate)
-	{
-		/* a retry of a recorded request: report the state, count nothing */
-		d = EvaluateLimits(tenant_id, sub->plan_code, feature_key, limits, nlimits,
-						   int64_to_numeric(0));
-		d->allowed = true;
-		d->kind = DECISION_ALLOW;
-		d->requested = amount;
-		MemoryContextSwitchTo(spi);
+		MakeCounterKey(&ckey, LedgerRelid(), tenant_id, feature_key);
+		hash = CounterKeyHash(&ckey);
 	}
 	else
+		ReportTablePath();
+
+	if (mode == CALL_CHECK)
 	{
-		d = EvaluateLimits(tenant_id, sub->plan_code, feature_key, limits, nlimits, amount);
-		MemoryContextSwitchTo(spi);
-		if (mode != CALL_CHECK && d->allowed)
-			d->recorded = InsertUsageEvent(tenant_id, feature_key, amount, at, "consume",
-										   key, attributes);
+		if (!fast || !FastRead(&ckey, hash, &policy, limits, n))
+			TableRead(&policy, limits, n);
+		d = EvaluateLimits(tenant_id, policy.plan_code, feature_key, limits, n, amount);
+		return DecisionDatum(fcinfo, d, amount_num);
 	}
 
-	SPI_finish();
+	if (key != NULL)
+	{
+		bool		duplicate;
+
+		LockIdempotencyKey(tenant_id, key);
+		SPI_connect();
+		duplicate = IdempotencyKeyExists(tenant_id, key);
+		SPI_finish();
+		if (duplicate)
+		{
+			/* a retry of a recorded request: report the state, count nothing */
+			if (!fast || !FastRead(&ckey, hash, &policy, limits, n))
+				TableRead(&policy, limits, n);
+			d = EvaluateLimits(tenant_id, policy.plan_code, feature_key, limits, n, 0);
+			d->allowed = true;
+			d->kind = DECISION_ALLOW;
+			d->requested = amount;
+			return DecisionDatum(fcinfo, d, amount_num);
+		}
+	}
+
+	if (!fast || !FastConsume(&ckey, hash, &policy, limits, n, at, amount, &d, &write))
+	{
+		/* table path: consumers of this key take turns until they commit */
+		if (fast)
+			LockCounterKey(&ckey, hash, ExclusiveLock);
+		else
+		{
+			MakeCounterKey(&ckey, InvalidOid, tenant_id, feature_key);
+			LockCounterKey(&ckey, CounterKeyHash(&ckey), ExclusiveLock);
+		}
+		TableRead(&policy, limits, n);
+		d = EvaluateLimits(tenant_id, policy.plan_code, feature_key, limits, n, amount);
+		if (d->allowed)
+			write = CountLedgerRow(tenant_id, feature_key, at, amount);
+	}
+
+	if (d->allowed)
+	{
+		SPI_connect();
+		d->recorded = InsertUsageEvent(tenant_id, feature_key, amount_num, at, "consume",
+									   key, attributes);
+		SPI_finish();
+		/* a concurrent request took the key first: this one counts nothing */
+		if (!d->recorded && write != NULL)
+			UndoLocalWrite(write);
+	}
 
 	if (mode == CALL_ENFORCE && !d->allowed)
 		RaiseLimitExceeded(d);
-	if (mode != CALL_CHECK && d->recorded && d->kind == DECISION_SOFT_LIMIT)
+	if (d->recorded && d->kind == DECISION_SOFT_LIMIT)
 		WarnSoftLimit(d);
 
-	return DecisionDatum(fcinfo, d);
+	return DecisionDatum(fcinfo, d, amount_num);
 }
 
 PG_FUNCTION_INFO_V1(usage_check);
@@ -316,17 +563,29 @@ usage_record(PG_FUNCTION_ARGS)
 {
 	char	   *tenant_id = RequiredText(fcinfo, 0, "tenant_id");
 	char	   *feature_key = RequiredText(fcinfo, 1, "feature_key");
-	Numeric		amount = RequiredAmount(fcinfo, 2);
+	Numeric		amount_num = RequiredAmount(fcinfo, 2);
+	Amount		amount = ToAmount(amount_num);
 	TimestampTz occurred_at = RequiredTime(fcinfo, 3, "occurred_at");
 	char	   *key = OptionalText(fcinfo, 4, "idempotency_key");
 	Datum		attributes = Attributes(fcinfo, 5);
+	Policy		policy;
+	LocalWrite *write;
 	bool		inserted;
 
+	GetPolicy(tenant_id, feature_key, &policy);
+	if (!policy.feature_exists)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("unknown feature \"%s\"", feature_key),
+				 errhint("Features are rows of usage_guard.features.")));
+
+	write = CountLedgerRow(tenant_id, feature_key, occurred_at, amount);
 	SPI_connect();
-	RequireFeature(feature_key);
-	inserted = InsertUsageEvent(tenant_id, feature_key, amount, occurred_at, "record",
+	inserted = InsertUsageEvent(tenant_id, feature_key, amount_num, occurred_at, "record",
 								key, attributes);
 	SPI_finish();
+	if (!inserted && write != NULL)
+		UndoLocalWrite(write);
 
 	PG_RETURN_BOOL(inserted);
 }

@@ -30,74 +30,39 @@ DecisionKindName(DecisionKind kind)
 	return decision_names[kind];
 }
 
-static int
-NumCmp(Numeric a, Numeric b)
-{
-	return DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(a), NumericGetDatum(b)));
-}
-
-static Numeric
-NumAdd(Numeric a, Numeric b)
-{
-	return numeric_add_opt_error(a, b, NULL);
-}
-
-static Numeric
-NumSub(Numeric a, Numeric b)
-{
-	return numeric_sub_opt_error(a, b, NULL);
-}
-
-/* limit - usage, never below zero; NULL for unlimited */
-static Numeric
-Remaining(Numeric limit, Numeric usage)
-{
-	Numeric		r;
-
-	if (limit == NULL)
-		return NULL;
-	r = NumSub(limit, usage);
-	if (NumCmp(r, int64_to_numeric(0)) < 0)
-		return int64_to_numeric(0);
-	return r;
-}
-
 /*
- * Is candidate (limit room, window end) a better pick than the best so far?
- * Less room wins; on a tie the window that resets later, since the caller
- * has to wait for that one.
+ * Is a candidate (room left under a limit, its window) a better pick than
+ * the best so far?  Less room wins; on a tie the window that resets later,
+ * since the caller has to wait for that one.
  */
 static bool
-Tighter(Numeric room, const FeatureLimit *w, Numeric best_room, const FeatureLimit *best)
+Tighter(Amount room, const FeatureLimit *w, Amount best_room, const FeatureLimit *best)
 {
-	int			c;
-
 	if (best == NULL)
 		return true;
-	c = NumCmp(room, best_room);
-	if (c != 0)
-		return c < 0;
+	if (room != best_room)
+		return room < best_room;
 	return w->window_end > best->window_end;
 }
 
 /*
  * Evaluate every window of a feature for a request of `requested` units.
  * The reported window is the blocking one (hard before soft, the tightest
- * first), else the one closest to any of its limits.  A feature without
- * limits rows is not included in the plan: an implicit hard limit of 0.
+ * first), else the one closest to any of its limits.  No limits at all
+ * means the feature is not included: an implicit hard limit of 0.
  */
 Decision *
 EvaluateLimits(const char *tenant_id, const char *plan_code,
 			   const char *feature_key, FeatureLimit *limits, int nlimits,
-			   Numeric requested)
+			   Amount requested)
 {
 	Decision   *d = palloc0(sizeof(Decision));
 	const FeatureLimit *hard = NULL,
 			   *soft = NULL,
 			   *close = NULL;
-	Numeric		hard_room = NULL,
-				soft_room = NULL,
-				close_room = NULL;
+	Amount		hard_room = 0,
+				soft_room = 0,
+				close_room = 0;
 	bool		close_is_hard = false;
 
 	d->tenant_id = tenant_id;
@@ -109,23 +74,21 @@ EvaluateLimits(const char *tenant_id, const char *plan_code,
 	{
 		d->allowed = false;
 		d->kind = DECISION_HARD_LIMIT;
+		d->has_limit = true;
 		d->limit_is_hard = true;
-		d->limit_value = int64_to_numeric(0);
-		d->usage = int64_to_numeric(0);
-		d->remaining = int64_to_numeric(0);
 		return d;
 	}
 
 	for (int i = 0; i < nlimits; i++)
 	{
 		const FeatureLimit *w = &limits[i];
-		Numeric		after = NumAdd(w->usage, requested);
+		Amount		after = w->usage + requested;
 
-		if (w->hard_limit != NULL)
+		if (w->limits.has_hard)
 		{
-			Numeric		room = NumSub(w->hard_limit, w->usage);
+			Amount		room = w->limits.hard - w->usage;
 
-			if (NumCmp(after, w->hard_limit) > 0 && Tighter(room, w, hard_room, hard))
+			if (after > w->limits.hard && Tighter(room, w, hard_room, hard))
 			{
 				hard = w;
 				hard_room = room;
@@ -137,17 +100,17 @@ EvaluateLimits(const char *tenant_id, const char *plan_code,
 				close_is_hard = true;
 			}
 		}
-		if (w->soft_limit != NULL)
+		if (w->limits.has_soft)
 		{
-			Numeric		room = NumSub(w->soft_limit, w->usage);
+			Amount		room = w->limits.soft - w->usage;
 
-			if (NumCmp(after, w->soft_limit) > 0 && Tighter(room, w, soft_room, soft))
+			if (after > w->limits.soft && Tighter(room, w, soft_room, soft))
 			{
 				soft = w;
 				soft_room = room;
 			}
 			/* strictly tighter: on a tie the hard limit is the one to report */
-			if (close == NULL || NumCmp(room, close_room) < 0)
+			if (close == NULL || room < close_room)
 			{
 				close = w;
 				close_room = room;
@@ -162,7 +125,6 @@ EvaluateLimits(const char *tenant_id, const char *plan_code,
 		d->kind = DECISION_HARD_LIMIT;
 		d->window = hard;
 		d->limit_is_hard = true;
-		d->limit_value = hard->hard_limit;
 	}
 	else if (soft != NULL)
 	{
@@ -170,7 +132,6 @@ EvaluateLimits(const char *tenant_id, const char *plan_code,
 		d->kind = DECISION_SOFT_LIMIT;
 		d->window = soft;
 		d->limit_is_hard = false;
-		d->limit_value = soft->soft_limit;
 	}
 	else
 	{
@@ -179,11 +140,12 @@ EvaluateLimits(const char *tenant_id, const char *plan_code,
 		/* every window unlimited: report the first */
 		d->window = close != NULL ? close : &limits[0];
 		d->limit_is_hard = close_is_hard;
-		d->limit_value = close == NULL ? NULL :
-			(close_is_hard ? close->hard_limit : close->soft_limit);
 	}
+	d->has_limit = (hard != NULL || soft != NULL || close != NULL);
+	if (d->has_limit)
+		d->limit_value = d->limit_is_hard ? d->window->limits.hard : d->window->limits.soft;
 	d->usage = d->window->usage;
-	d->remaining = Remaining(d->limit_value, d->usage);
+	d->remaining = Max(d->limit_value - d->usage, 0);
 	return d;
 }
 
@@ -226,14 +188,13 @@ AppendStr(StringInfo buf, const char *key, const char *value)
 }
 
 static void
-AppendNum(StringInfo buf, const char *key, Numeric value)
+AppendNum(StringInfo buf, const char *key, bool present, Amount value)
 {
 	AppendKey(buf, key);
-	if (value == NULL)
+	if (!present)
 		appendStringInfoString(buf, "null");
 	else
-		appendStringInfoString(buf, DatumGetCString(DirectFunctionCall1(numeric_out,
-																		NumericGetDatum(value))));
+		appendStringInfoString(buf, AmountToCString(value));
 }
 
 static void
@@ -260,11 +221,11 @@ DecisionJson(const Decision *d, const char *code)
 	AppendStr(&buf, "plan_code", d->plan_code);
 	AppendStr(&buf, "feature_key", d->feature_key);
 	AppendStr(&buf, "period", d->window ? PeriodKindName(d->window->period) : NULL);
-	AppendStr(&buf, "limit_type", d->limit_value ? (d->limit_is_hard ? "hard_limit" : "soft_limit") : NULL);
-	AppendNum(&buf, "limit_value", d->limit_value);
-	AppendNum(&buf, "usage", d->usage);
-	AppendNum(&buf, "requested", d->requested);
-	AppendNum(&buf, "remaining", d->remaining);
+	AppendStr(&buf, "limit_type", d->has_limit ? (d->limit_is_hard ? "hard_limit" : "soft_limit") : NULL);
+	AppendNum(&buf, "limit_value", d->has_limit, d->limit_value);
+	AppendNum(&buf, "usage", true, d->usage);
+	AppendNum(&buf, "requested", true, d->requested);
+	AppendNum(&buf, "remaining", d->has_limit, d->remaining);
 	AppendTs(&buf, "window_start", d->window, false);
 	AppendTs(&buf, "window_end", d->window, true);
 	appendStringInfoChar(&buf, '}');
@@ -275,10 +236,8 @@ DecisionJson(const Decision *d, const char *code)
 static char *
 Describe(const Decision *d)
 {
-	char	   *after = DatumGetCString(DirectFunctionCall1(numeric_out,
-															NumericGetDatum(NumAdd(d->usage, d->requested))));
-	char	   *limit = DatumGetCString(DirectFunctionCall1(numeric_out,
-															NumericGetDatum(d->limit_value)));
+	char	   *after = AmountToCString(d->usage + d->requested);
+	char	   *limit = AmountToCString(d->limit_value);
 
 	return psprintf("%s of %s \"%s\" per %s", after, limit, d->feature_key,
 					PeriodKindName(d->window->period));
@@ -339,8 +298,10 @@ WarnSoftLimit(const Decision *d)
 
 /* Raise usage_policy_configuration_error (UG003): no subscription that grants access */
 void
-RaisePolicyError(const char *tenant_id, const char *feature_key, const Subscription *sub)
+RaisePolicyError(const char *tenant_id, const char *feature_key, const Policy *policy)
 {
+	const Policy *sub = policy->has_subscription ? policy : NULL;
+
 	StringInfoData buf;
 
 	initStringInfo(&buf);

@@ -1,36 +1,35 @@
 /*
  * ledger.c
- *		Writes to the usage ledger, usage of a window, and the per tenant and
- *		feature serialization point that makes usage_consume atomic.
+ *		Writes to the usage ledger and sums over it (SPI), and the ledger's
+ *		row trigger, which counts rows inserted by anything other than
+ *		usage_guard's own functions (direct INSERTs, COPY, restores) in the
+ *		shared counters the same way the functions do.
  *
- * Lock order: a consume first updates its consume_locks row (one per tenant
- * and feature), then reads usage, then inserts its ledger row, whose trigger
- * upserts hourly counter rows.  Holding the consume_locks row until commit
- * is what keeps an uncommitted consume's units counted against everyone
- * else.  Callers are connected to SPI.
+ * Lock order (see docs/architecture.md): key lock, then partition LWLock;
+ * the LWLock is never held across SPI.  Callers are connected to SPI.
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/rel.h"
 #include "utils/timestamp.h"
 
 #include "query.h"
 #include "usage_guard.h"
 
-static CachedQuery window_usage_query = {
-	"SELECT coalesce(sum(total), 0)"
-	"  FROM usage_guard.window_totals($1, $3, $4, ARRAY[$2])",
-	4, {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
-};
+/* Nonzero while our own functions insert: the trigger leaves those rows alone */
+static int	own_insert_depth = 0;
 
-static CachedQuery lock_query = {
-	"INSERT INTO usage_guard.consume_locks AS l (tenant_id, feature_key, consumes)"
-	" VALUES ($1, $2, 1)"
-	" ON CONFLICT (tenant_id, feature_key)"
-	" DO UPDATE SET consumes = l.consumes + 1",
-	2, {TEXTOID, TEXTOID}
+static CachedQuery window_sum_query = {
+	"SELECT coalesce(sum(amount), 0) FROM usage_guard.usage_events"
+	" WHERE tenant_id = $1 AND feature_key = $2"
+	"   AND occurred_at >= $3 AND occurred_at < $4",
+	4, {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 };
 
 static CachedQuery key_query = {
@@ -48,37 +47,33 @@ static CachedQuery insert_query = {
 	7, {TEXTOID, TEXTOID, NUMERICOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, JSONBOID}
 };
 
-/* Committed (plus own) usage of a tenant's feature in [start, end) */
-Numeric
-WindowUsage(const char *tenant_id, const char *feature_key,
-			TimestampTz start, TimestampTz end)
+/*
+ * Usage of a tenant's feature in [start, end) in the ledger: everything
+ * committed (latest snapshot, whatever the isolation level) plus this
+ * transaction's own rows.
+ */
+Amount
+LedgerWindowSum(const char *tenant_id, const char *feature_key,
+				TimestampTz start, TimestampTz end)
 {
 	Datum		values[4];
 	bool		isnull;
+	Datum		d;
+	Amount		sum;
 
 	values[0] = CStringGetTextDatum(tenant_id);
 	values[1] = CStringGetTextDatum(feature_key);
 	values[2] = TimestampTzGetDatum(start);
 	values[3] = TimestampTzGetDatum(end);
-	/* not read-only: each call needs a snapshot taken after our lock */
-	RunQuery(&window_usage_query, values, NULL, false, 1);
-	return DatumGetNumeric(ResultDatum(0, 1, &isnull));
-}
-
-/*
- * Take the consume serialization point of a tenant's feature.  Under READ
- * COMMITTED a waiter resumes after the holder commits and its next statement
- * sees the holder's usage; under REPEATABLE READ or SERIALIZABLE the update
- * of a row changed since our snapshot fails with 40001, as it must.
- */
-void
-LockForConsume(const char *tenant_id, const char *feature_key)
-{
-	Datum		values[2];
-
-	values[0] = CStringGetTextDatum(tenant_id);
-	values[1] = CStringGetTextDatum(feature_key);
-	RunQuery(&lock_query, values, NULL, false, 0);
+	RunQueryLatest(&window_sum_query, values, NULL, 1);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull || !NumericToAmount(DatumGetNumeric(d), &sum))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("usage of tenant \"%s\", feature \"%s\" cannot be represented",
+						tenant_id, feature_key),
+				 errdetail("Ledger amounts must have at most %d decimal places.", AMOUNT_SCALE_DIGITS)));
+	return sum;
 }
 
 /* Was this idempotency key already recorded for the tenant (visible to us)? */
@@ -89,13 +84,14 @@ IdempotencyKeyExists(const char *tenant_id, const char *key)
 
 	values[0] = CStringGetTextDatum(tenant_id);
 	values[1] = CStringGetTextDatum(key);
-	RunQuery(&key_query, values, NULL, false, 1);
+	RunQueryLatest(&key_query, values, NULL, 1);
 	return SPI_processed > 0;
 }
 
 /*
  * Append one ledger row.  Returns false when the idempotency key is already
  * taken (a concurrent holder of the key is waited for by the unique index).
+ * The caller has counted the row in the shared counters itself.
  */
 bool
 InsertUsageEvent(const char *tenant_id, const char *feature_key,
@@ -115,6 +111,107 @@ InsertUsageEvent(const char *tenant_id, const char *feature_key,
 	else
 		nulls[5] = 'n';
 	values[6] = attributes;
-	RunQuery(&insert_query, values, nulls, false, 0);
+
+	own_insert_depth++;
+	PG_TRY();
+	{
+		RunQuery(&insert_query, values, nulls, false, 0);
+	}
+	PG_FINALLY();
+	{
+		own_insert_depth--;
+	}
+	PG_END_TRY();
 	return SPI_processed == 1;
+}
+
+/*
+ * Count a row that is (or is about to be) in the ledger: remember it as this
+ * transaction's write and add it to every live window containing it.  The
+ * key lock in RowExclusiveLock is held until the transaction ends.
+ */
+LocalWrite *
+CountLedgerRow(const char *tenant_id, const char *feature_key, TimestampTz at, Amount amount)
+{
+	CounterKey	key;
+	uint32		hash;
+	LocalWrite *w;
+	LWLock	   *lock;
+	CounterEntry *entry;
+
+	if (!CountersAvailable())
+		return NULL;
+	MakeCounterKey(&key, LedgerRelid(), tenant_id, feature_key);
+	hash = CounterKeyHash(&key);
+	LockCounterKey(&key, hash, RowExclusiveLock);
+	w = NewLocalWrite(&key, hash, at, amount);
+	lock = CounterPartitionLock(hash);
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	entry = CounterLookup(&key, hash);
+	if (entry != NULL)
+		RegisterWrite(entry, w);
+	LWLockRelease(lock);
+	return w;
+}
+
+/* Attribute numbers of the ledger's columns the trigger reads */
+static int
+LedgerAttnum(Relation rel, const char *name)
+{
+	int			attnum = SPI_fnumber(RelationGetDescr(rel), name);
+
+	if (attnum <= 0)
+		elog(ERROR, "usage_guard: usage_events has no column \"%s\"", name);
+	return attnum;
+}
+
+PG_FUNCTION_INFO_V1(usage_guard_ledger_insert);
+/* AFTER INSERT row trigger on usage_events: validate and count other writers' rows */
+Datum
+usage_guard_ledger_insert(PG_FUNCTION_ARGS)
+{
+	TriggerData *trig = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	HeapTuple	tuple;
+	TupleDesc	desc;
+	bool		isnull;
+	char	   *tenant_id;
+	char	   *feature_key;
+	TimestampTz at;
+	Amount		amount;
+	Policy		policy;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_INSERT(trig->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trig->tg_event) || !TRIGGER_FIRED_AFTER(trig->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("usage_guard_ledger_insert must be an AFTER INSERT FOR EACH ROW trigger")));
+	if (own_insert_depth > 0)
+		return PointerGetDatum(NULL);
+
+	rel = trig->tg_relation;
+	tuple = trig->tg_trigtuple;
+	desc = RelationGetDescr(rel);
+	tenant_id = TextDatumGetCString(heap_getattr(tuple, LedgerAttnum(rel, "tenant_id"), desc, &isnull));
+	feature_key = TextDatumGetCString(heap_getattr(tuple, LedgerAttnum(rel, "feature_key"), desc, &isnull));
+	at = DatumGetTimestampTz(heap_getattr(tuple, LedgerAttnum(rel, "occurred_at"), desc, &isnull));
+	if (!NumericToAmount(DatumGetNumeric(heap_getattr(tuple, LedgerAttnum(rel, "amount"), desc, &isnull)),
+						 &amount))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("amount must have at most %d decimal places", AMOUNT_SCALE_DIGITS)));
+	if (strlen(tenant_id) > UG_TENANT_MAX || strlen(feature_key) > UG_FEATURE_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenant_id or feature_key of a ledger row is too long")));
+
+	GetPolicy(tenant_id, feature_key, &policy);
+	if (!policy.feature_exists)
+		ereport(ERROR,
+				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+				 errmsg("unknown feature \"%s\"", feature_key),
+				 errhint("Features are rows of usage_guard.features.")));
+
+	CountLedgerRow(tenant_id, feature_key, at, amount);
+	return PointerGetDatum(NULL);
 }

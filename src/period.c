@@ -36,7 +36,7 @@ PeriodKindName(PeriodKind kind)
 bool
 PeriodKindFromName(const char *name, PeriodKind *kind)
 {
-	for (int i = 0; i < lengthof(period_names); i++)
+	for (int i = 0; i < PERIOD_KINDS; i++)
 	{
 		if (strcmp(name, period_names[i]) == 0)
 		{
@@ -161,7 +161,7 @@ BillingWindow(TimestampTz anchor, TimestampTz first_end, TimestampTz at,
 
 /* The window of the given kind containing at */
 void
-PeriodWindow(PeriodKind kind, const Subscription *sub, TimestampTz at,
+PeriodWindow(PeriodKind kind, const Policy *policy, TimestampTz at,
 			 TimestampTz *start, TimestampTz *end)
 {
 	struct pg_tm tm;
@@ -189,7 +189,9 @@ PeriodWindow(PeriodKind kind, const Subscription *sub, TimestampTz at,
 			*end = AddMonths(*start, 1);
 			break;
 		case PERIOD_BILLING:
-			BillingWindow(sub->period_start, sub->period_end, at, start, end);
+			BillingWindow(policy->period_start, policy->period_end, at, start, end);
 			break;
+		case PERIOD_KINDS:
+			elog(ERROR, "invalid period kind");
 	}
 }

@@ -1,13 +1,16 @@
 /*
  * policy.c
- *		What a tenant is entitled to: its subscription and the effective
- *		limits of a feature (plan limits, replaced or extended per period by
- *		unexpired tenant overrides).  Read-only; callers are connected to SPI.
+ *		Reads what a tenant is entitled to from the catalog: whether the
+ *		feature exists, the subscription, the plan's limits and the tenant's
+ *		overrides.  Called by the cache (cache.c) on a miss; read-only.
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
 #include "query.h"
@@ -24,102 +27,114 @@ static CachedQuery subscription_query = {
 	1, {TEXTOID}
 };
 
-static CachedQuery limits_query = {
-	"SELECT o.period::text, o.soft_limit::numeric, o.hard_limit::numeric"
-	"  FROM usage_guard.tenant_overrides o"
-	" WHERE o.tenant_id = $1 AND o.feature_key = $2"
-	"   AND (o.expires_at IS NULL OR o.expires_at > $4)"
-	" UNION ALL "
-	"SELECT p.period::text, p.soft_limit::numeric, p.hard_limit::numeric"
-	"  FROM usage_guard.plan_features p"
-	" WHERE p.plan_code = $3 AND p.feature_key = $2"
-	"   AND NOT EXISTS (SELECT 1 FROM usage_guard.tenant_overrides o"
-	"                    WHERE o.tenant_id = $1 AND o.feature_key = $2"
-	"                      AND o.period = p.period"
-	"                      AND (o.expires_at IS NULL OR o.expires_at > $4))",
-	4, {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID}
+static CachedQuery plan_limits_query = {
+	"SELECT period::text, soft_limit::numeric, hard_limit::numeric"
+	"  FROM usage_guard.plan_features WHERE plan_code = $1 AND feature_key = $2",
+	2, {TEXTOID, TEXTOID}
 };
 
-/* Is feature_key a row of usage_guard.features? */
-bool
-FeatureExists(const char *feature_key)
-{
-	Datum		values[1] = {CStringGetTextDatum(feature_key)};
+static CachedQuery override_query = {
+	"SELECT period::text, soft_limit::numeric, hard_limit::numeric, expires_at"
+	"  FROM usage_guard.tenant_overrides WHERE tenant_id = $1 AND feature_key = $2",
+	2, {TEXTOID, TEXTOID}
+};
 
-	RunQuery(&feature_query, values, NULL, true, 1);
-	return SPI_processed > 0;
-}
-
-/* The tenant's subscription, or NULL when it has none */
-Subscription *
-LookupSubscription(const char *tenant_id)
+/* A limit column of the current SPI row as an Amount */
+static bool
+LimitColumn(int row, int col, Amount *out)
 {
-	Datum		values[1] = {CStringGetTextDatum(tenant_id)};
-	Subscription *sub;
 	bool		isnull;
-	Datum		d;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &isnull);
 
+	if (isnull)
+		return false;
+	if (!NumericToAmount(DatumGetNumeric(d), out))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("usage_guard: a limit has more than %d decimal places", AMOUNT_SCALE_DIGITS)));
+	return true;
+}
+
+/* Read the limit rows of the current SPI result into pairs by period kind */
+static uint8
+ReadLimitRows(LimitPair *pairs, TimestampTz *expires)
+{
+	uint8		mask = 0;
+
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		char	   *name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		PeriodKind	kind;
+		LimitPair  *p;
+
+		if (name == NULL || !PeriodKindFromName(name, &kind))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("usage_guard: unknown period \"%s\" in the catalog", name ? name : "")));
+		p = &pairs[kind];
+		p->has_soft = LimitColumn(i, 2, &p->soft);
+		p->has_hard = LimitColumn(i, 3, &p->hard);
+		if (expires != NULL)
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 4, &isnull);
+
+			expires[kind] = isnull ? DT_NOEND : DatumGetTimestampTz(d);
+		}
+		mask |= (uint8) (1 << kind);
+	}
+	return mask;
+}
+
+/* Fill a policy from the catalog */
+void
+LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
+{
+	Datum		values[2];
+
+	memset(policy, 0, sizeof(Policy));
+	strlcpy(policy->tenant_id, tenant_id, sizeof(policy->tenant_id));
+	strlcpy(policy->feature_key, feature_key, sizeof(policy->feature_key));
+
+	SPI_connect();
+	values[0] = CStringGetTextDatum(feature_key);
+	RunQuery(&feature_query, values, NULL, true, 1);
+	policy->feature_exists = SPI_processed > 0;
+
+	values[0] = CStringGetTextDatum(tenant_id);
 	RunQuery(&subscription_query, values, NULL, true, 1);
-	if (SPI_processed == 0)
-		return NULL;
+	if (SPI_processed > 0)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Datum		d;
 
-	sub = SPI_palloc(sizeof(Subscription));
-	sub->plan_code = ResultText(0, 1, &isnull);
-	sub->status = ResultText(0, 2, &isnull);
-	sub->period_start = DatumGetTimestampTz(ResultDatum(0, 3, &isnull));
-	d = ResultDatum(0, 4, &isnull);
-	sub->period_end = isnull ? DT_NOEND : DatumGetTimestampTz(d);
-	return sub;
-}
+		policy->has_subscription = true;
+		strlcpy(policy->plan_code, SPI_getvalue(tup, desc, 1), sizeof(policy->plan_code));
+		strlcpy(policy->status, SPI_getvalue(tup, desc, 2), sizeof(policy->status));
+		policy->period_start = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
+		d = SPI_getbinval(tup, desc, 4, &isnull);
+		policy->period_end = isnull ? DT_NOEND : DatumGetTimestampTz(d);
 
-/* Order limits by window kind so evaluation and lock order are stable */
-static int
-CompareLimits(const void *a, const void *b)
-{
-	return (int) ((const FeatureLimit *) a)->period - (int) ((const FeatureLimit *) b)->period;
-}
-
-/*
- * The effective limits of feature_key for the tenant at the given instant,
- * one per window kind.  An empty result means the plan does not include the
- * feature at all.
- */
-FeatureLimit *
-LookupLimits(const char *tenant_id, const char *plan_code,
-			 const char *feature_key, TimestampTz at, int *nlimits)
-{
-	Datum		values[4];
-	FeatureLimit *limits;
-	uint64		n;
+		values[0] = CStringGetTextDatum(policy->plan_code);
+		values[1] = CStringGetTextDatum(feature_key);
+		RunQuery(&plan_limits_query, values, NULL, true, 0);
+		policy->plan_mask = ReadLimitRows(policy->plan_limits, NULL);
+	}
 
 	values[0] = CStringGetTextDatum(tenant_id);
 	values[1] = CStringGetTextDatum(feature_key);
-	values[2] = CStringGetTextDatum(plan_code);
-	values[3] = TimestampTzGetDatum(at);
-	RunQuery(&limits_query, values, NULL, true, 0);
+	RunQuery(&override_query, values, NULL, true, 0);
+	policy->override_mask = ReadLimitRows(policy->override_limits, policy->override_expires);
+	SPI_finish();
+}
 
-	n = SPI_processed;
-	*nlimits = (int) n;
-	if (n == 0)
-		return NULL;
+/* OID of usage_guard.usage_events, InvalidOid when the extension is absent */
+Oid
+LookupLedgerRelid(void)
+{
+	Oid			nsp = get_namespace_oid("usage_guard", true);
 
-	limits = SPI_palloc(sizeof(FeatureLimit) * n);
-	for (uint64 i = 0; i < n; i++)
-	{
-		bool		isnull;
-		char	   *period = ResultText(i, 1, &isnull);
-		Datum		d;
-
-		if (!PeriodKindFromName(period, &limits[i].period))
-			ereport(ERROR,
-					(errcode(ERRCODE_DATA_CORRUPTED),
-					 errmsg("usage_guard: unknown period \"%s\" in the catalog", period)));
-		d = ResultDatum(i, 2, &isnull);
-		limits[i].soft_limit = isnull ? NULL : DatumGetNumeric(d);
-		d = ResultDatum(i, 3, &isnull);
-		limits[i].hard_limit = isnull ? NULL : DatumGetNumeric(d);
-		limits[i].usage = NULL;
-	}
-	qsort(limits, n, sizeof(FeatureLimit), CompareLimits);
-	return limits;
+	return OidIsValid(nsp) ? get_relname_relid("usage_events", nsp) : InvalidOid;
 }

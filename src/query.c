@@ -9,15 +9,13 @@
 #include "postgres.h"
 
 #include "executor/spi.h"
+#include "utils/snapmgr.h"
 
 #include "query.h"
 
-/* Run a cached statement, preparing it on first use */
-int
-RunQuery(CachedQuery *q, Datum *values, const char *nulls, bool read_only, long count)
+static void
+Prepare(CachedQuery *q)
 {
-	int			rc;
-
 	if (q->plan == NULL)
 	{
 		SPIPlanPtr	plan = SPI_prepare(q->sql, q->nargs, q->argtypes);
@@ -29,10 +27,37 @@ RunQuery(CachedQuery *q, Datum *values, const char *nulls, bool read_only, long 
 			elog(ERROR, "usage_guard: SPI_keepplan failed");
 		q->plan = plan;
 	}
+}
 
+/* Run a cached statement, preparing it on first use */
+int
+RunQuery(CachedQuery *q, Datum *values, const char *nulls, bool read_only, long count)
+{
+	int			rc;
+
+	Prepare(q);
 	rc = SPI_execute_plan(q->plan, values, nulls, read_only, count);
 	if (rc < 0)
 		elog(ERROR, "usage_guard: SPI_execute_plan failed for \"%s\": %s",
+			 q->sql, SPI_result_code_string(rc));
+	return rc;
+}
+
+/*
+ * Run a cached read-only statement with the latest snapshot rather than the
+ * transaction's: usage is a shared resource, so even a REPEATABLE READ
+ * transaction must count what others committed since its snapshot.
+ */
+int
+RunQueryLatest(CachedQuery *q, Datum *values, const char *nulls, long count)
+{
+	int			rc;
+
+	Prepare(q);
+	rc = SPI_execute_snapshot(q->plan, values, nulls, GetLatestSnapshot(),
+							  InvalidSnapshot, true, false, count);
+	if (rc < 0)
+		elog(ERROR, "usage_guard: SPI_execute_snapshot failed for \"%s\": %s",
 			 q->sql, SPI_result_code_string(rc));
 	return rc;
 }

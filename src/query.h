@@ -19,6 +19,7 @@ typedef struct CachedQuery
 
 extern int	RunQuery(CachedQuery *q, Datum *values, const char *nulls,
 					 bool read_only, long count);
+extern int	RunQueryLatest(CachedQuery *q, Datum *values, const char *nulls, long count);
 extern char *ResultText(int row, int col, bool *isnull);
 extern Datum ResultDatum(int row, int col, bool *isnull);
 

@@ -1,13 +1,15 @@
 /*
  * usage_guard.c
- *		Module entry: _PG_init and the GUCs that shape every decision.
+ *		Module entry: _PG_init, the GUCs, and the shared-memory hooks.
  *
  * Each concern lives in its own file (see usage_guard.h); this file only
- * registers configuration.
+ * registers configuration and delegates.
  */
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
 #include "utils/guc.h"
 
 #include "usage_guard.h"
@@ -24,7 +26,26 @@ static const struct config_enum_entry soft_limit_mode_options[] = {
 	{NULL, 0, false}
 };
 
-/* Register GUCs */
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static void
+ShmemRequest(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	CountersShmemRequest();
+}
+
+static void
+ShmemStartup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	CountersShmemStartup();
+}
+
+/* Register GUCs, hooks and callbacks */
 void
 _PG_init(void)
 {
@@ -38,5 +59,25 @@ _PG_init(void)
 							 0,
 							 NULL, NULL, NULL);
 
+	if (process_shared_preload_libraries_in_progress)
+	{
+		DefineCustomIntVariable("usage_guard.max_counters",
+								"How many tenant/feature pairs the shared-memory counters track.",
+								"Each holds up to 8 live windows; beyond this, idle ones are evicted and reloaded from the ledger when needed.",
+								&usage_guard_max_counters,
+								20000, 100, 10000000,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+
+		prev_shmem_request_hook = shmem_request_hook;
+		shmem_request_hook = ShmemRequest;
+		prev_shmem_startup_hook = shmem_startup_hook;
+		shmem_startup_hook = ShmemStartup;
+	}
+
 	MarkGUCPrefixReserved("usage_guard");
+
+	CacheInit();
+	WritesInit();
 }

@@ -3,12 +3,17 @@
  *		Types and entry points shared by the C files of usage_guard.
  *
  * Module map:
- *	usage_guard.c	_PG_init, GUCs
- *	period.c		UTC calendar and billing-anchored windows
- *	policy.c		a tenant's subscription and effective limits (catalog reads)
- *	ledger.c		ledger writes, window usage, the consume serialization point
- *	decision.c		turning windows and usage into one decision; errors and JSON
+ *	usage_guard.c	_PG_init, GUCs, shared-memory hooks
  *	api.c			the SQL-callable functions and their argument checks
+ *	decision.c		windows and usage -> one decision; errors and JSON
+ *	period.c		UTC calendar and billing-anchored windows
+ *	cache.c			per-backend cache of policies, invalidated by triggers
+ *	policy.c		catalog reads behind the cache (SPI)
+ *	ledger.c		ledger writes and ledger sums (SPI), the ledger trigger
+ *	counters.c		live counters in shared memory
+ *	writes.c		this transaction's writes, settled at commit/abort; key lock
+ *	amount.c		exact fixed-point amounts
+ *	query.c			cached SPI plans
  */
 #ifndef USAGE_GUARD_H
 #define USAGE_GUARD_H
@@ -18,6 +23,9 @@
 #include "datatype/timestamp.h"
 #include "utils/numeric.h"
 
+#include "amount.h"
+#include "counters.h"
+
 /* Dedicated SQLSTATEs (class UG); documented in README */
 #define ERRCODE_USAGE_LIMIT_EXCEEDED		MAKE_SQLSTATE('U','G','0','0','1')
 #define ERRCODE_USAGE_SOFT_LIMIT_EXCEEDED	MAKE_SQLSTATE('U','G','0','0','2')
@@ -26,13 +34,16 @@
 /* Largest amount accepted anywhere (also the largest limit) */
 #define USAGE_GUARD_MAX_AMOUNT	INT64CONST(1000000000000000)
 
+#define UG_PLAN_MAX 128
+
 typedef enum PeriodKind
 {
 	PERIOD_HOUR,
 	PERIOD_DAY,
 	PERIOD_WEEK,
 	PERIOD_MONTH,
-	PERIOD_BILLING
+	PERIOD_BILLING,
+	PERIOD_KINDS
 } PeriodKind;
 
 typedef enum SoftLimitMode
@@ -48,25 +59,45 @@ typedef enum DecisionKind
 	DECISION_HARD_LIMIT
 } DecisionKind;
 
-/* A tenant's subscription as the policy needs it */
-typedef struct Subscription
+/* Soft and hard limit of one window kind; absent = unlimited */
+typedef struct LimitPair
 {
-	char	   *plan_code;
-	char	   *status;
+	bool		has_soft;
+	bool		has_hard;
+	Amount		soft;
+	Amount		hard;
+} LimitPair;
+
+/*
+ * Everything a decision needs to know about a tenant's feature, as cached
+ * per backend: whether the feature exists, the subscription, the plan's
+ * limits and the tenant's overrides (with their expiry), by window kind.
+ */
+typedef struct Policy
+{
+	char		tenant_id[UG_TENANT_MAX + 1];	/* cache key: must be first */
+	char		feature_key[UG_FEATURE_MAX + 1];
+	bool		feature_exists;
+	bool		has_subscription;
+	char		plan_code[UG_PLAN_MAX + 1];
+	char		status[24];
 	TimestampTz period_start;
 	TimestampTz period_end;		/* DT_NOEND when NULL in the catalog */
-} Subscription;
+	uint8		plan_mask;		/* bit per PeriodKind present in the plan */
+	uint8		override_mask;
+	LimitPair	plan_limits[PERIOD_KINDS];
+	LimitPair	override_limits[PERIOD_KINDS];
+	TimestampTz override_expires[PERIOD_KINDS]; /* DT_NOEND = never */
+} Policy;
 
-/* One effective limit of a feature: one window kind with its limits */
+/* One effective limit of a feature, with its window and usage for a request */
 typedef struct FeatureLimit
 {
 	PeriodKind	period;
-	Numeric		soft_limit;		/* NULL = unlimited */
-	Numeric		hard_limit;		/* NULL = unlimited */
-	/* filled in for a given instant */
+	LimitPair	limits;
 	TimestampTz window_start;
 	TimestampTz window_end;
-	Numeric		usage;
+	Amount		usage;			/* committed + in flight, before this request */
 } FeatureLimit;
 
 /* The outcome of evaluating all limits of a feature for one request */
@@ -77,12 +108,13 @@ typedef struct Decision
 	const char *tenant_id;
 	const char *plan_code;
 	const char *feature_key;
-	const FeatureLimit *window;	/* the deciding window, NULL if none */
+	const FeatureLimit *window; /* the deciding window, NULL if none */
+	bool		has_limit;
 	bool		limit_is_hard;
-	Numeric		limit_value;	/* NULL = unlimited */
-	Numeric		usage;
-	Numeric		requested;
-	Numeric		remaining;		/* NULL = unlimited */
+	Amount		limit_value;
+	Amount		usage;
+	Amount		requested;
+	Amount		remaining;		/* meaningful when has_limit */
 	bool		recorded;
 } Decision;
 
@@ -92,21 +124,26 @@ extern int	usage_guard_soft_limit_mode;
 /* period.c */
 extern const char *PeriodKindName(PeriodKind kind);
 extern bool PeriodKindFromName(const char *name, PeriodKind *kind);
-extern void PeriodWindow(PeriodKind kind, const Subscription *sub, TimestampTz at,
+extern void PeriodWindow(PeriodKind kind, const Policy *policy, TimestampTz at,
 						 TimestampTz *start, TimestampTz *end);
 extern void BillingWindow(TimestampTz anchor, TimestampTz first_end, TimestampTz at,
 						  TimestampTz *start, TimestampTz *end);
 
+/* cache.c */
+extern void CacheInit(void);
+extern void GetPolicy(const char *tenant_id, const char *feature_key, Policy *policy);
+extern Oid	LedgerRelid(void);
+extern int	EffectiveLimits(const Policy *policy, TimestampTz at, FeatureLimit *limits);
+
 /* policy.c */
-extern bool FeatureExists(const char *feature_key);
-extern Subscription *LookupSubscription(const char *tenant_id);
-extern FeatureLimit *LookupLimits(const char *tenant_id, const char *plan_code,
-								  const char *feature_key, TimestampTz at, int *nlimits);
+extern void LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy);
+extern Oid	LookupLedgerRelid(void);
 
 /* ledger.c */
-extern Numeric WindowUsage(const char *tenant_id, const char *feature_key,
-						   TimestampTz start, TimestampTz end);
-extern void LockForConsume(const char *tenant_id, const char *feature_key);
+extern Amount LedgerWindowSum(const char *tenant_id, const char *feature_key,
+							  TimestampTz start, TimestampTz end);
+extern LocalWrite *CountLedgerRow(const char *tenant_id, const char *feature_key,
+								  TimestampTz at, Amount amount);
 extern bool IdempotencyKeyExists(const char *tenant_id, const char *key);
 extern bool InsertUsageEvent(const char *tenant_id, const char *feature_key,
 							 Numeric amount, TimestampTz occurred_at,
@@ -116,12 +153,12 @@ extern bool InsertUsageEvent(const char *tenant_id, const char *feature_key,
 /* decision.c */
 extern Decision *EvaluateLimits(const char *tenant_id, const char *plan_code,
 								const char *feature_key, FeatureLimit *limits,
-								int nlimits, Numeric requested);
+								int nlimits, Amount requested);
 extern const char *DecisionKindName(DecisionKind kind);
 extern void RaiseLimitExceeded(const Decision *d);
 extern void WarnSoftLimit(const Decision *d);
 extern void RaisePolicyError(const char *tenant_id, const char *feature_key,
-							 const Subscription *sub);
+							 const Policy *policy);
 extern char *DecisionJson(const Decision *d, const char *code);
 
 #endif							/* USAGE_GUARD_H */

@@ -1,0 +1,199 @@
+/*
+ * cache.c
+ *		Per-backend cache of policies (what a tenant's feature is allowed),
+ *		so that the hot path reads no table when nothing has changed.
+ *
+ * Statement triggers on the catalog tables call CacheInvalidateRelcacheByRelid
+ * for the changed table; PostgreSQL delivers that to every backend at its
+ * next transaction start (and to our own at the next command).  The callback
+ * only marks the cache stale; it is emptied at the next lookup, outside any
+ * caller's use of it.  A load that overlapped an invalidation is redone.
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "commands/trigger.h"
+#include "fmgr.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+
+#include "usage_guard.h"
+
+/* Beyond this many entries the cache starts over (bounds backend memory) */
+#define POLICY_CACHE_MAX 100000
+
+#define POLICY_KEY_SIZE offsetof(Policy, feature_exists)
+
+static const char *const catalog_tables[] = {
+	"features", "plans", "plan_features", "tenant_subscriptions",
+	"tenant_overrides", "usage_events"
+};
+
+static HTAB *policies = NULL;
+static uint64 generation = 0;
+static bool stale = false;
+static Oid	ledger_relid = InvalidOid;
+static Oid	catalog_relids[lengthof(catalog_tables)];
+static bool catalog_relids_known = false;
+
+static void
+InvalidationCallback(Datum arg, Oid relid)
+{
+	bool		ours = !catalog_relids_known || relid == InvalidOid;
+
+	for (int i = 0; !ours && i < lengthof(catalog_relids); i++)
+		ours = (relid == catalog_relids[i]);
+	if (ours)
+	{
+		generation++;
+		stale = true;
+	}
+}
+
+/* Register the invalidation callback (from _PG_init) */
+void
+CacheInit(void)
+{
+	CacheRegisterRelcacheCallback(InvalidationCallback, (Datum) 0);
+}
+
+/* Start over: called at a lookup, never from the callback */
+static void
+ResetCache(void)
+{
+	Oid			nsp;
+
+	if (policies != NULL)
+		hash_destroy(policies);
+	policies = NULL;
+	stale = false;
+	ledger_relid = InvalidOid;
+
+	nsp = get_namespace_oid("usage_guard", true);
+	catalog_relids_known = OidIsValid(nsp);
+	for (int i = 0; i < lengthof(catalog_tables); i++)
+		catalog_relids[i] = OidIsValid(nsp) ? get_relname_relid(catalog_tables[i], nsp) : InvalidOid;
+}
+
+static void
+CreateCache(void)
+{
+	HASHCTL		info;
+
+	info.keysize = POLICY_KEY_SIZE;
+	info.entrysize = sizeof(Policy);
+	info.hcxt = CacheMemoryContext;
+	policies = hash_create("usage_guard policies", 1024, &info,
+						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+}
+
+/* OID of the ledger: part of every shared counter's key */
+Oid
+LedgerRelid(void)
+{
+	if (stale || !OidIsValid(ledger_relid))
+	{
+		if (stale)
+			ResetCache();
+		ledger_relid = LookupLedgerRelid();
+	}
+	return ledger_relid;
+}
+
+/* The policy of a tenant's feature, copied into *policy */
+void
+GetPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
+{
+	char		key[POLICY_KEY_SIZE];
+	Policy	   *entry;
+	bool		found;
+
+	if (stale)
+		ResetCache();
+	if (policies == NULL)
+	{
+		if (!catalog_relids_known)
+			ResetCache();
+		CreateCache();
+	}
+
+	memset(key, 0, sizeof(key));
+	strlcpy(key, tenant_id, UG_TENANT_MAX + 1);
+	strlcpy(key + UG_TENANT_MAX + 1, feature_key, UG_FEATURE_MAX + 1);
+	entry = hash_search(policies, key, HASH_FIND, NULL);
+	if (entry != NULL)
+	{
+		memcpy(policy, entry, sizeof(Policy));
+		return;
+	}
+
+	for (int attempt = 0; attempt < 3; attempt++)
+	{
+		uint64		before = generation;
+
+		LoadPolicy(tenant_id, feature_key, policy);
+		if (before == generation)
+			break;
+		if (attempt == 2)
+			return;				/* keep changing under us: use it, do not cache it */
+	}
+
+	if (stale)
+		ResetCache();
+	if (policies == NULL)
+		CreateCache();
+	if (hash_get_num_entries(policies) >= POLICY_CACHE_MAX)
+	{
+		hash_destroy(policies);
+		CreateCache();
+	}
+	entry = hash_search(policies, key, HASH_ENTER, &found);
+	memcpy(entry, policy, sizeof(Policy));
+}
+
+/*
+ * The limits in force at `at`, one per window kind, in kind order: an
+ * unexpired override replaces the plan's limits of its kind.  Returns the
+ * count; 0 means the feature is not included for the tenant.
+ */
+int
+EffectiveLimits(const Policy *policy, TimestampTz at, FeatureLimit *limits)
+{
+	int			n = 0;
+
+	for (int k = 0; k < PERIOD_KINDS; k++)
+	{
+		const LimitPair *src = NULL;
+
+		if ((policy->override_mask & (1 << k)) &&
+			(policy->override_expires[k] == DT_NOEND || at < policy->override_expires[k]))
+			src = &policy->override_limits[k];
+		else if (policy->plan_mask & (1 << k))
+			src = &policy->plan_limits[k];
+		if (src == NULL)
+			continue;
+		limits[n].period = (PeriodKind) k;
+		limits[n].limits = *src;
+		limits[n].usage = 0;
+		n++;
+	}
+	return n;
+}
+
+PG_FUNCTION_INFO_V1(usage_guard_catalog_changed);
+/* Statement trigger on the catalog tables: invalidate every backend's cache */
+Datum
+usage_guard_catalog_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trig = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("usage_guard_catalog_changed must be called as a trigger")));
+	CacheInvalidateRelcacheByRelid(RelationGetRelid(trig->tg_relation));
+	return PointerGetDatum(NULL);
+}

@@ -1,0 +1,411 @@
+/*
+ * counters.c
+ *		The live usage counters in shared memory: a hash from (database,
+ *		ledger, tenant, feature) to up to UG_MAX_WINDOWS windows, each with
+ *		committed usage, in-flight reservations and in-flight credits.
+ *
+ * Locking rules (see docs/architecture.md for the protocol around them):
+ * - The hash is partitioned over UG_NUM_PARTITIONS LWLocks; the partition is
+ *   the low bits of the key's hash value, so all windows of a key are under
+ *   one lock and a decision over several windows is atomic.
+ * - Lookups take their partition lock shared; inserting a key, changing a
+ *   window or removing a key take it exclusive.
+ * - Scans of the whole table (eviction, the usage_counters view, reset)
+ *   take every partition lock in ascending order.
+ * - A window is only created by a loader holding the key's heavyweight
+ *   lock in ExclusiveLock (writers hold RowExclusiveLock until their
+ *   transaction's callbacks have run), never under an LWLock wait.
+ *
+ * The state is derived: on a crash restart the postmaster reinitializes
+ * shared memory and windows are loaded again from the ledger on first use.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "common/hashfn.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+#include "counters.h"
+
+typedef struct CountersShared
+{
+	LWLockPadded *locks;
+} CountersShared;
+
+int			usage_guard_max_counters = 20000;
+
+static CountersShared *shared = NULL;
+static HTAB *counters = NULL;
+static bool full_reported = false;
+
+/* Bytes of shared memory the counters need */
+static Size
+CountersShmemSize(void)
+{
+	return add_size(MAXALIGN(sizeof(CountersShared)),
+					hash_estimate_size(usage_guard_max_counters, sizeof(CounterEntry)));
+}
+
+/* shmem_request_hook part: space and the partition locks */
+void
+CountersShmemRequest(void)
+{
+	RequestAddinShmemSpace(CountersShmemSize());
+	RequestNamedLWLockTranche("usage_guard", UG_NUM_PARTITIONS);
+}
+
+static uint32
+CounterHashFn(const void *key, Size keysize)
+{
+	return CounterKeyHash((const CounterKey *) key);
+}
+
+/* shmem_startup_hook part: create or attach */
+void
+CountersShmemStartup(void)
+{
+	bool		found;
+	HASHCTL		info;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	shared = ShmemInitStruct("usage_guard counters", sizeof(CountersShared), &found);
+	if (!found)
+		shared->locks = GetNamedLWLockTranche("usage_guard");
+
+	info.keysize = sizeof(CounterKey);
+	info.entrysize = sizeof(CounterEntry);
+	info.hash = CounterHashFn;
+	info.num_partitions = UG_NUM_PARTITIONS;
+	counters = ShmemInitHash("usage_guard counters hash",
+							 usage_guard_max_counters, usage_guard_max_counters,
+							 &info,
+							 HASH_ELEM | HASH_FUNCTION | HASH_PARTITION | HASH_FIXED_SIZE);
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* Is the shared state there (library preloaded)? */
+bool
+CountersAvailable(void)
+{
+	return counters != NULL;
+}
+
+/* Bytes of shared memory one tracked key costs, for the benchmark report */
+Size
+CounterEntrySize(void)
+{
+	return CountersShmemSize() / Max(usage_guard_max_counters, 1);
+}
+
+/* Fill a key; the padding is zeroed because keys are compared as bytes */
+void
+MakeCounterKey(CounterKey *key, Oid ledger, const char *tenant_id, const char *feature_key)
+{
+	memset(key, 0, sizeof(CounterKey));
+	key->dbid = MyDatabaseId;
+	key->ledger = ledger;
+	strlcpy(key->tenant_id, tenant_id, sizeof(key->tenant_id));
+	strlcpy(key->feature_key, feature_key, sizeof(key->feature_key));
+}
+
+uint32
+CounterKeyHash(const CounterKey *key)
+{
+	uint32		h = hash_bytes((const unsigned char *) key->tenant_id, strlen(key->tenant_id));
+
+	h = hash_combine(h, hash_bytes((const unsigned char *) key->feature_key, strlen(key->feature_key)));
+	h = hash_combine(h, hash_uint32(key->dbid));
+	return hash_combine(h, hash_uint32(key->ledger));
+}
+
+LWLock *
+CounterPartitionLock(uint32 hash)
+{
+	return &shared->locks[hash % UG_NUM_PARTITIONS].lock;
+}
+
+/* The entry of a key, or NULL; the caller holds its partition lock */
+CounterEntry *
+CounterLookup(const CounterKey *key, uint32 hash)
+{
+	return (CounterEntry *) hash_search_with_hash_value(counters, key, hash, HASH_FIND, NULL);
+}
+
+/* The window [start, end) of an entry, or NULL */
+CounterWindow *
+CounterFindWindow(CounterEntry *entry, TimestampTz start, TimestampTz end)
+{
+	for (int i = 0; i < entry->nwindows; i++)
+		if (entry->windows[i].start == start && entry->windows[i].end == end)
+			return &entry->windows[i];
+	return NULL;
+}
+
+void
+CounterTouch(CounterEntry *entry)
+{
+	pg_atomic_write_u64(&entry->last_used, (uint64) GetCurrentTransactionStartTimestamp());
+}
+
+static bool
+WindowIdle(const CounterWindow *w)
+{
+	return w->reserved == 0 && w->credit == 0;
+}
+
+static bool
+EntryIdle(const CounterEntry *e)
+{
+	for (int i = 0; i < e->nwindows; i++)
+		if (!WindowIdle(&e->windows[i]))
+			return false;
+	return true;
+}
+
+static void
+LockAllPartitions(LWLockMode mode)
+{
+	for (int i = 0; i < UG_NUM_PARTITIONS; i++)
+		LWLockAcquire(&shared->locks[i].lock, mode);
+}
+
+static void
+UnlockAllPartitions(void)
+{
+	for (int i = UG_NUM_PARTITIONS - 1; i >= 0; i--)
+		LWLockRelease(&shared->locks[i].lock);
+}
+
+/*
+ * Make room when the hash is full: remove the idle keys (no reservation in
+ * flight) used less recently than the average idle key.  Removing a key is
+ * always safe (it is loaded again from the ledger); keeping busy ones just
+ * avoids needless reloads.  Returns how many were removed.
+ */
+static int
+EvictIdle(void)
+{
+	HASH_SEQ_STATUS scan;
+	CounterEntry *e;
+	double		sum = 0;
+	long		n = 0;
+	int			removed = 0;
+	uint64		threshold;
+
+	LockAllPartitions(LW_EXCLUSIVE);
+	hash_seq_init(&scan, counters);
+	while ((e = hash_seq_search(&scan)) != NULL)
+	{
+		if (EntryIdle(e))
+		{
+			sum += (double) pg_atomic_read_u64(&e->last_used);
+			n++;
+		}
+	}
+	threshold = n > 0 ? (uint64) (sum / n) : 0;
+	hash_seq_init(&scan, counters);
+	while ((e = hash_seq_search(&scan)) != NULL)
+	{
+		if (n > 0 && EntryIdle(e) && pg_atomic_read_u64(&e->last_used) <= threshold)
+		{
+			hash_search(counters, &e->key, HASH_REMOVE, NULL);
+			removed++;
+		}
+	}
+	UnlockAllPartitions();
+	return removed;
+}
+
+/* Log once per backend that the table path is used for lack of space */
+void
+CounterReportFull(void)
+{
+	if (full_reported)
+		return;
+	full_reported = true;
+	ereport(LOG,
+			(errmsg("usage_guard: shared memory for counters is full; using the table path"),
+			 errhint("Raise usage_guard.max_counters (now %d) and restart.",
+					 usage_guard_max_counters)));
+}
+
+/*
+ * Pick a slot for a new window in an entry: a free one, else an idle one
+ * that has ended before now, else the idle one that ends first.  -1 if all
+ * are busy.
+ */
+static int
+WindowSlot(CounterEntry *e, TimestampTz now)
+{
+	int			best = -1;
+
+	if (e->nwindows < UG_MAX_WINDOWS)
+		return e->nwindows++;
+	for (int i = 0; i < e->nwindows; i++)
+	{
+		if (!WindowIdle(&e->windows[i]))
+			continue;
+		if (e->windows[i].end <= now)
+			return i;
+		if (best < 0 || e->windows[i].end < e->windows[best].end)
+			best = i;
+	}
+	return best;
+}
+
+/*
+ * Add a loaded window to a key, creating the key's entry if needed.  The
+ * caller holds the key's heavyweight lock in ExclusiveLock and no LWLock.
+ * False when there is no room even after eviction.
+ */
+bool
+CounterAddWindow(const CounterKey *key, uint32 hash, TimestampTz start, TimestampTz end,
+				 Amount usage, Amount reserved, Amount credit, TimestampTz now)
+{
+	LWLock	   *lock = CounterPartitionLock(hash);
+
+	for (int attempt = 0; attempt < 2; attempt++)
+	{
+		CounterEntry *e;
+		bool		found;
+		int			slot;
+
+		LWLockAcquire(lock, LW_EXCLUSIVE);
+		e = hash_search_with_hash_value(counters, key, hash, HASH_ENTER_NULL, &found);
+		if (e != NULL)
+		{
+			if (!found)
+			{
+				e->nwindows = 0;
+				pg_atomic_init_u64(&e->last_used, 0);
+			}
+			if (CounterFindWindow(e, start, end) == NULL)
+			{
+				slot = WindowSlot(e, now);
+				if (slot < 0)
+				{
+					LWLockRelease(lock);
+					return false;
+				}
+				e->windows[slot].start = start;
+				e->windows[slot].end = end;
+				e->windows[slot].usage = usage;
+				e->windows[slot].reserved = reserved;
+				e->windows[slot].credit = credit;
+			}
+			CounterTouch(e);
+			LWLockRelease(lock);
+			return true;
+		}
+		LWLockRelease(lock);
+		if (EvictIdle() == 0)
+			break;
+	}
+	return false;
+}
+
+PG_FUNCTION_INFO_V1(usage_guard_counters);
+/* usage_guard.live_counters(): every live window of this database */
+Datum
+usage_guard_counters(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	HASH_SEQ_STATUS scan;
+	CounterEntry *e;
+	List	   *copies = NIL;
+	ListCell   *lc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (counters == NULL)
+		return (Datum) 0;
+
+	/* copy under the locks, build tuples after */
+	LockAllPartitions(LW_SHARED);
+	hash_seq_init(&scan, counters);
+	while ((e = hash_seq_search(&scan)) != NULL)
+	{
+		if (e->key.dbid != MyDatabaseId)
+			continue;
+		copies = lappend(copies, memcpy(palloc(sizeof(CounterEntry)), e, sizeof(CounterEntry)));
+	}
+	UnlockAllPartitions();
+
+	foreach(lc, copies)
+	{
+		CounterEntry *c = lfirst(lc);
+
+		for (int i = 0; i < c->nwindows; i++)
+		{
+			Datum		values[7];
+			bool		nulls[7] = {0};
+			CounterWindow *w = &c->windows[i];
+
+			values[0] = CStringGetTextDatum(c->key.tenant_id);
+			values[1] = CStringGetTextDatum(c->key.feature_key);
+			values[2] = TimestampTzGetDatum(w->start);
+			values[3] = TimestampTzGetDatum(w->end);
+			values[4] = NumericGetDatum(AmountToNumeric(w->usage));
+			values[5] = NumericGetDatum(AmountToNumeric(w->reserved));
+			values[6] = NumericGetDatum(AmountToNumeric(w->credit));
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+	}
+	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(usage_guard_reset_counters);
+/* usage_guard.reset_counters(): forget this database's live counters */
+Datum
+usage_guard_reset_counters(PG_FUNCTION_ARGS)
+{
+	HASH_SEQ_STATUS scan;
+	CounterEntry *e;
+	int64		removed = 0;
+
+	if (counters == NULL)
+		PG_RETURN_INT64(0);
+	LockAllPartitions(LW_EXCLUSIVE);
+	hash_seq_init(&scan, counters);
+	while ((e = hash_seq_search(&scan)) != NULL)
+	{
+		if (e->key.dbid != MyDatabaseId)
+			continue;
+		hash_search(counters, &e->key, HASH_REMOVE, NULL);
+		removed++;
+	}
+	UnlockAllPartitions();
+	PG_RETURN_INT64(removed);
+}
+
+PG_FUNCTION_INFO_V1(usage_guard_shmem_info);
+/* usage_guard.shmem_info(): sizing facts for operators and the benchmark */
+Datum
+usage_guard_shmem_info(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[5];
+	bool		nulls[5] = {0};
+	long		used = 0;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (counters != NULL)
+	{
+		LockAllPartitions(LW_SHARED);
+		used = hash_get_num_entries(counters);
+		UnlockAllPartitions();
+	}
+	values[0] = BoolGetDatum(counters != NULL);
+	values[1] = Int64GetDatum(usage_guard_max_counters);
+	values[2] = Int64GetDatum(used);
+	values[3] = Int64GetDatum(counters != NULL ? (int64) CountersShmemSize() : 0);
+	values[4] = Int64GetDatum(counters != NULL ? (int64) CounterEntrySize() : 0);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}

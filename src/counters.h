@@ -1,0 +1,96 @@
+/*
+ * counters.h
+ *		Live usage counters in shared memory (counters.c) and the backend's
+ *		own in-flight writes (writes.c).
+ */
+#ifndef USAGE_GUARD_COUNTERS_H
+#define USAGE_GUARD_COUNTERS_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "port/atomics.h"
+#include "storage/lock.h"
+#include "storage/lwlock.h"
+
+#include "amount.h"
+
+#define UG_TENANT_MAX	255		/* bytes of a tenant_id */
+#define UG_FEATURE_MAX	128		/* bytes of a feature_key */
+#define UG_MAX_WINDOWS	8		/* live windows per tenant and feature */
+#define UG_NUM_PARTITIONS 128	/* partition LWLocks of the hash */
+
+/* What the counters are kept for: one tenant's feature in one database */
+typedef struct CounterKey
+{
+	Oid			dbid;
+	Oid			ledger;			/* usage_events' OID: a new extension starts afresh */
+	char		tenant_id[UG_TENANT_MAX + 1];
+	char		feature_key[UG_FEATURE_MAX + 1];
+} CounterKey;
+
+/* One window [start, end) of a key */
+typedef struct CounterWindow
+{
+	TimestampTz start;
+	TimestampTz end;
+	Amount		usage;			/* committed */
+	Amount		reserved;		/* positive amounts in flight: counted */
+	Amount		credit;			/* negative amounts in flight: not yet counted */
+} CounterWindow;
+
+typedef struct CounterEntry
+{
+	CounterKey	key;			/* hash key: must be first */
+	int			nwindows;
+	pg_atomic_uint64 last_used; /* for eviction; written under a shared lock */
+	CounterWindow windows[UG_MAX_WINDOWS];
+} CounterEntry;
+
+/* A row this backend wrote in the current transaction and not yet settled */
+typedef struct LocalWrite
+{
+	CounterKey	key;
+	uint32		hash;
+	TimestampTz at;
+	Amount		amount;
+	SubTransactionId subid;
+	int			nregistered;	/* windows this write was added to */
+	TimestampTz reg_start[UG_MAX_WINDOWS];
+	TimestampTz reg_end[UG_MAX_WINDOWS];
+	struct LocalWrite *next;
+} LocalWrite;
+
+/* counters.c */
+extern int	usage_guard_max_counters;
+extern void CountersShmemRequest(void);
+extern void CountersShmemStartup(void);
+extern bool CountersAvailable(void);
+extern void MakeCounterKey(CounterKey *key, Oid ledger, const char *tenant_id,
+						   const char *feature_key);
+extern uint32 CounterKeyHash(const CounterKey *key);
+extern LWLock *CounterPartitionLock(uint32 hash);
+extern CounterEntry *CounterLookup(const CounterKey *key, uint32 hash);
+extern CounterWindow *CounterFindWindow(CounterEntry *entry, TimestampTz start, TimestampTz end);
+extern bool CounterAddWindow(const CounterKey *key, uint32 hash, TimestampTz start,
+							 TimestampTz end, Amount usage, Amount reserved,
+							 Amount credit, TimestampTz now);
+extern void CounterTouch(CounterEntry *entry);
+extern void CounterReportFull(void);
+extern Size CounterEntrySize(void);
+
+/* writes.c */
+extern void WritesInit(void);
+extern LocalWrite *NewLocalWrite(const CounterKey *key, uint32 hash, TimestampTz at,
+								 Amount amount);
+extern void RegisterWrite(CounterEntry *entry, LocalWrite *w);
+extern void UndoLocalWrite(LocalWrite *w);
+extern void OwnWritesIn(const CounterKey *key, TimestampTz start, TimestampTz end,
+						Amount *positive, Amount *negative);
+extern void RegisterOwnWritesIn(const CounterKey *key, TimestampTz start, TimestampTz end);
+extern void LockIdempotencyKey(const char *tenant_id, const char *key);
+extern void LockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode);
+extern bool ConditionalLockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode);
+extern void UnlockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode);
+
+#endif							/* USAGE_GUARD_COUNTERS_H */

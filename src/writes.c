@@ -1,0 +1,296 @@
+/*
+ * writes.c
+ *		The rows this backend added to the ledger in its current transaction,
+ *		their reservations in the shared counters, and settling them: commit
+ *		moves a reservation into committed usage, abort (of the transaction
+ *		or of the subtransaction that wrote it) releases it.
+ *
+ * Also the key lock: a heavyweight, transaction-level lock per (tenant,
+ * feature) that writers hold in RowExclusiveLock and window loaders take in
+ * ExclusiveLock.  Transaction callbacks run before the transaction's locks
+ * are released, so a loader never sees a committed row whose reservation
+ * has not yet become usage.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "common/hashfn.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/memutils.h"
+
+#include "counters.h"
+
+/* field4 of the advisory locktag: 'UG', apart from pg_advisory_lock's 1 and 2 */
+#define UG_LOCKTAG_FIELD4 0x5547
+
+static LocalWrite *writes = NULL;
+
+static void
+SetKeyTag(LOCKTAG *tag, const CounterKey *key, uint32 hash)
+{
+	/* a second hash makes collisions (which only over-serialize) rarer */
+	uint32		hash2 = hash_bytes((const unsigned char *) key->tenant_id, strlen(key->tenant_id)) ^
+		(hash_bytes((const unsigned char *) key->feature_key, strlen(key->feature_key)) * 31);
+
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, hash, hash2, UG_LOCKTAG_FIELD4);
+}
+
+void
+LockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+
+	SetKeyTag(&tag, key, hash);
+	(void) LockAcquire(&tag, mode, false, false);
+}
+
+bool
+ConditionalLockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+
+	SetKeyTag(&tag, key, hash);
+	return LockAcquire(&tag, mode, false, true) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+void
+UnlockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+
+	SetKeyTag(&tag, key, hash);
+	LockRelease(&tag, mode, false);
+}
+
+/*
+ * Serialize requests that carry the same idempotency key for a tenant, so a
+ * retry arriving while the original is in flight waits for its outcome
+ * instead of being decided beside it.
+ */
+void
+LockIdempotencyKey(const char *tenant_id, const char *key)
+{
+	LOCKTAG		tag;
+	uint32		h1 = hash_bytes((const unsigned char *) tenant_id, strlen(tenant_id));
+	uint32		h2 = hash_bytes((const unsigned char *) key, strlen(key));
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, h1, h2, UG_LOCKTAG_FIELD4 + 1);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+/* Remember a row written by this transaction (it is settled at its end) */
+LocalWrite *
+NewLocalWrite(const CounterKey *key, uint32 hash, TimestampTz at, Amount amount)
+{
+	LocalWrite *w = MemoryContextAllocZero(TopTransactionContext, sizeof(LocalWrite));
+
+	w->key = *key;
+	w->hash = hash;
+	w->at = at;
+	w->amount = amount;
+	w->subid = GetCurrentSubTransactionId();
+	w->next = writes;
+	writes = w;
+	return w;
+}
+
+static bool
+Registered(const LocalWrite *w, TimestampTz start, TimestampTz end)
+{
+	for (int i = 0; i < w->nregistered; i++)
+		if (w->reg_start[i] == start && w->reg_end[i] == end)
+			return true;
+	return false;
+}
+
+static void
+AddRegistration(LocalWrite *w, TimestampTz start, TimestampTz end)
+{
+	if (w->nregistered < UG_MAX_WINDOWS && !Registered(w, start, end))
+	{
+		w->reg_start[w->nregistered] = start;
+		w->reg_end[w->nregistered] = end;
+		w->nregistered++;
+	}
+}
+
+/*
+ * Count a write in every live window of its key that contains it.  The
+ * caller holds the key lock (RowExclusive or stronger) and the partition
+ * lock exclusive.
+ */
+void
+RegisterWrite(CounterEntry *entry, LocalWrite *w)
+{
+	for (int i = 0; i < entry->nwindows; i++)
+	{
+		CounterWindow *win = &entry->windows[i];
+
+		if (w->at < win->start || w->at >= win->end || Registered(w, win->start, win->end))
+			continue;
+		if (w->amount >= 0)
+			win->reserved += w->amount;
+		else
+			win->credit += w->amount;
+		AddRegistration(w, win->start, win->end);
+	}
+}
+
+/* Apply a settled write to the windows it was counted in */
+static void
+Settle(LocalWrite *w, bool commit)
+{
+	LWLock	   *lock;
+	CounterEntry *entry;
+
+	if (w->nregistered == 0 || !CountersAvailable())
+		return;
+	lock = CounterPartitionLock(w->hash);
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	entry = CounterLookup(&w->key, w->hash);
+	/* a removed key or window is loaded again from the ledger: nothing to do */
+	if (entry != NULL)
+	{
+		for (int i = 0; i < w->nregistered; i++)
+		{
+			CounterWindow *win = CounterFindWindow(entry, w->reg_start[i], w->reg_end[i]);
+
+			if (win == NULL)
+				continue;
+			if (w->amount >= 0)
+				win->reserved -= w->amount;
+			else
+				win->credit -= w->amount;
+			if (commit)
+				win->usage += w->amount;
+		}
+	}
+	LWLockRelease(lock);
+	w->nregistered = 0;
+}
+
+/* Take back a write that did not happen (an idempotent duplicate) */
+void
+UndoLocalWrite(LocalWrite *w)
+{
+	LocalWrite **p;
+
+	Settle(w, false);
+	for (p = &writes; *p != NULL; p = &(*p)->next)
+	{
+		if (*p == w)
+		{
+			*p = w->next;
+			break;
+		}
+	}
+	pfree(w);
+}
+
+/* This transaction's own writes of a key in [start, end), by sign */
+void
+OwnWritesIn(const CounterKey *key, TimestampTz start, TimestampTz end,
+			Amount *positive, Amount *negative)
+{
+	*positive = 0;
+	*negative = 0;
+	for (LocalWrite *w = writes; w != NULL; w = w->next)
+	{
+		if (w->at < start || w->at >= end || memcmp(&w->key, key, sizeof(CounterKey)) != 0)
+			continue;
+		if (w->amount >= 0)
+			*positive += w->amount;
+		else
+			*negative += w->amount;
+	}
+}
+
+/* After loading [start, end) with our own writes as reserved: settle them there too */
+void
+RegisterOwnWritesIn(const CounterKey *key, TimestampTz start, TimestampTz end)
+{
+	for (LocalWrite *w = writes; w != NULL; w = w->next)
+	{
+		if (w->at >= start && w->at < end && memcmp(&w->key, key, sizeof(CounterKey)) == 0)
+			AddRegistration(w, start, end);
+	}
+}
+
+/* Settle every write of the transaction */
+static void
+SettleAll(bool commit)
+{
+	for (LocalWrite *w = writes; w != NULL; w = w->next)
+		Settle(w, commit);
+	/* the list lives in TopTransactionContext, which goes away now */
+	writes = NULL;
+}
+
+static void
+SettleAtXactEnd(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			SettleAll(true);
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			SettleAll(false);
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			if (writes != NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot prepare a transaction that recorded usage"),
+						 errdetail("usage_guard counts in-flight usage in shared memory until the transaction ends in this session."),
+						 errhint("Record usage in a transaction that is committed directly.")));
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+SettleAtSubXactEnd(SubXactEvent event, SubTransactionId mySubid,
+				SubTransactionId parentSubid, void *arg)
+{
+	LocalWrite **p;
+
+	switch (event)
+	{
+		case SUBXACT_EVENT_ABORT_SUB:
+			p = &writes;
+			while (*p != NULL)
+			{
+				LocalWrite *w = *p;
+
+				if (w->subid == mySubid)
+				{
+					Settle(w, false);
+					*p = w->next;
+					pfree(w);
+				}
+				else
+					p = &w->next;
+			}
+			break;
+		case SUBXACT_EVENT_COMMIT_SUB:
+			for (LocalWrite *w = writes; w != NULL; w = w->next)
+				if (w->subid == mySubid)
+					w->subid = parentSubid;
+			break;
+		default:
+			break;
+	}
+}
+
+/* Register the transaction callbacks (from _PG_init) */
+void
+WritesInit(void)
+{
+	RegisterXactCallback(SettleAtXactEnd, NULL);
+	RegisterSubXactCallback(SettleAtSubXactEnd, NULL);
+}
