@@ -204,11 +204,12 @@ watch_postmaster() {
             {
                 echo "postmaster pid $pid"
                 echo "exe: $(readlink "/proc/$pid/exe")"
+                echo "command: $(tr '\0' ' ' <"/proc/$pid/cmdline" | cut -c1-400)"
                 echo "environment:"
-                tr '\0' '\n' <"/proc/$pid/environ" | grep -E '^(LD_PRELOAD|ASAN_OPTIONS)=' | sed 's/^/  /'
+                tr '\0' '\n' <"/proc/$pid/environ" | grep -E '^(LD_PRELOAD|ASAN_OPTIONS)=' | sed 's/^/  /' || true
                 echo "mapped:"
                 awk '{print $6}' "/proc/$pid/maps" | grep -E 'libasan|vgpreload_memcheck|usage_guard\.so' |
-                    sort -u | sed 's/^/  /'
+                    sort -u | sed 's/^/  /' || true
                 for child in $(cat "/proc/$pid/task/$pid/children" 2>/dev/null); do
                     echo "child $child ($(tr '\0' ' ' <"/proc/$child/cmdline" 2>/dev/null | cut -c1-60)):" \
                         "$(awk '{print $6}' "/proc/$child/maps" 2>/dev/null |
@@ -220,6 +221,14 @@ watch_postmaster() {
         sleep 0.1
     done
     echo "postmaster of $data never became ready" >"$out"
+}
+
+# the watcher is done once the suite is: a cluster that never came up
+stop_poller() {
+    [ -n "$POLLER" ] || return 0
+    kill "$POLLER" 2>/dev/null || true
+    wait "$POLLER" 2>/dev/null || true
+    POLLER=
 }
 
 # run_suite NAME DIR TARGET BINDIR ENV...: one pg_regress suite as the owner
@@ -339,12 +348,12 @@ run_asan() {
     POLLER=$!
     run_suite regress "$build" regress "$STAGE$BINDIR" \
         LD_PRELOAD="$preload" ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:log_path=$logs/suites/asan"
-    wait "$POLLER" 2>/dev/null || true; POLLER=
+    stop_poller
     watch_postmaster "$build/tmp_isolation/data" "$logs/evidence-isolation.txt" &
     POLLER=$!
     run_suite isolation "$build" isolation "$STAGE$BINDIR" \
         LD_PRELOAD="$preload" ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:log_path=$logs/suites/asan"
-    wait "$POLLER" 2>/dev/null || true; POLLER=
+    stop_poller
     stop_leftovers
 
     log "asan: postmaster of the regression suite:"
@@ -378,42 +387,6 @@ run_asan() {
 # src/tools/valgrind.supp): padding bytes written to disk or sockets.
 write_suppressions() {
     cat >"$1" <<'SUPP'
-{
-   padding_pgstat_send
-   Memcheck:Param
-   socketcall.send(msg)
-   ...
-}
-{
-   padding_pgstat_sendto
-   Memcheck:Param
-   socketcall.sendto(msg)
-   ...
-}
-{
-   padding_write
-   Memcheck:Param
-   write(buf)
-   ...
-}
-{
-   padding_pwrite
-   Memcheck:Param
-   pwrite64(buf)
-   ...
-}
-{
-   padding_XLogRecord_CRC
-   Memcheck:Value8
-   fun:pg_comp_crc32c*
-   ...
-}
-{
-   padding_CRC_cond
-   Memcheck:Cond
-   fun:pg_comp_crc32c*
-   ...
-}
 {
    uninitialized_atomic_init_u64
    Memcheck:Cond
@@ -462,11 +435,11 @@ SH
     watch_postmaster "$build/tmp_regress/data" "$logs/evidence-regress.txt" &
     POLLER=$!
     run_suite regress "$build" regress "$vgbin" VG_LOG_DIR="$logs/suites" PGCTLTIMEOUT=600
-    wait "$POLLER" 2>/dev/null || true; POLLER=
+    stop_poller
     watch_postmaster "$build/tmp_isolation/data" "$logs/evidence-isolation.txt" &
     POLLER=$!
     run_suite isolation "$build" isolation "$vgbin" VG_LOG_DIR="$logs/suites" PGCTLTIMEOUT=600
-    wait "$POLLER" 2>/dev/null || true; POLLER=
+    stop_poller
     stop_leftovers
 
     log "valgrind: postmaster of the regression suite:"
@@ -498,7 +471,17 @@ SH
         log "valgrind errors outside usage_guard code, by kind and first frame:"
         for f in "$blocks"/*; do
             grep -qE "$UG_RE" "$f" && continue
-            printf '%s | %s\n' "$(head -n1 "$f")" "$(grep -m1 -E '^ +(at|by) ' "$f" | sed 's/^ *//')"
+            # kind | the first frame, then named frames of PostgreSQL code
+            printf '%s | %s\n' "$(head -n1 "$f")" "$(awk -v stage="$STAGE" '
+                /^ +(at|by) 0x/ {
+                    if (done) next
+                    fn = $3
+                    if (n == 0 || (fn != "???" && index($0, stage) > 0)) out = out (n++ ? " < " : "") fn
+                    if (n == 4) done = 1
+                    next
+                }
+                /^ [A-Z]/ && NR > 1 { done = 1 }
+                END { print out }' "$f")"
         done | sort | uniq -c | sort -rn | head -n 20 >&2
     fi
     local incidents

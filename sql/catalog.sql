@@ -49,6 +49,13 @@ VALUES ('ledger-test', 'messages', 1, '2025-01-01 10:00+00');
 UPDATE usage_guard.usage_events SET amount = 2 WHERE tenant_id = 'ledger-test';
 DELETE FROM usage_guard.usage_events WHERE tenant_id = 'ledger-test';
 TRUNCATE usage_guard.usage_events;
+-- direct rows are checked like the functions' arguments
+SELECT try($$INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount) VALUES ('', 'messages', 1)$$);
+SELECT try($$INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount, kind) VALUES ('t', 'messages', 1, 'gift')$$);
+SELECT try($$INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount, idempotency_key) VALUES ('t', 'messages', 1, '')$$);
+SELECT try($$INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount) VALUES ('t', 'messages', 2e15)$$);
+SELECT try($$INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount) VALUES ('t', 'messages', 'NaN')$$);
+SELECT try($$INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount, occurred_at) VALUES ('t', 'messages', 1, 'infinity')$$);
 -- only adjustments may be negative
 SELECT try($$INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount) VALUES ('ledger-test', 'messages', -1)$$);
 INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount, occurred_at, kind)

@@ -165,6 +165,21 @@ LedgerAttnum(Relation rel, const char *name)
 	return attnum;
 }
 
+static bool
+isfinite_ts(TimestampTz ts)
+{
+	return !TIMESTAMP_NOT_FINITE(ts);
+}
+
+static void
+LedgerRowError(const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_CHECK_VIOLATION),
+			 errmsg("invalid row for the usage ledger: %s", what),
+			 errhint("Prefer usage_guard.usage_record() or usage_consume(); corrections are rows of kind 'adjustment'.")));
+}
+
 PG_FUNCTION_INFO_V1(usage_guard_ledger_insert);
 /* AFTER INSERT row trigger on usage_events: validate and count other writers' rows */
 Datum
@@ -178,7 +193,11 @@ usage_guard_ledger_insert(PG_FUNCTION_ARGS)
 	char	   *tenant_id;
 	char	   *feature_key;
 	TimestampTz at;
+	Numeric		amount_num;
 	Amount		amount;
+	char	   *kind;
+	Datum		key_datum;
+	bool		key_null;
 	Policy		policy;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_INSERT(trig->tg_event) ||
@@ -195,15 +214,31 @@ usage_guard_ledger_insert(PG_FUNCTION_ARGS)
 	tenant_id = TextDatumGetCString(heap_getattr(tuple, LedgerAttnum(rel, "tenant_id"), desc, &isnull));
 	feature_key = TextDatumGetCString(heap_getattr(tuple, LedgerAttnum(rel, "feature_key"), desc, &isnull));
 	at = DatumGetTimestampTz(heap_getattr(tuple, LedgerAttnum(rel, "occurred_at"), desc, &isnull));
-	if (!NumericToAmount(DatumGetNumeric(heap_getattr(tuple, LedgerAttnum(rel, "amount"), desc, &isnull)),
-						 &amount))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("amount must have at most %d decimal places", AMOUNT_SCALE_DIGITS)));
-	if (strlen(tenant_id) > UG_TENANT_MAX || strlen(feature_key) > UG_FEATURE_MAX)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("tenant_id or feature_key of a ledger row is too long")));
+	amount_num = DatumGetNumeric(heap_getattr(tuple, LedgerAttnum(rel, "amount"), desc, &isnull));
+	kind = TextDatumGetCString(heap_getattr(tuple, LedgerAttnum(rel, "kind"), desc, &isnull));
+	key_datum = heap_getattr(tuple, LedgerAttnum(rel, "idempotency_key"), desc, &key_null);
+
+	/*
+	 * The row checks live here rather than in CHECK constraints: those are
+	 * re-parsed and planned for every INSERT statement, a large share of
+	 * the cost of the hot path, whose rows are validated by the functions.
+	 */
+	if (tenant_id[0] == '\0' || strlen(tenant_id) > UG_TENANT_MAX)
+		LedgerRowError("tenant_id must be 1 to 255 bytes");
+	if (feature_key[0] == '\0' || strlen(feature_key) > UG_FEATURE_MAX)
+		LedgerRowError("feature_key must be 1 to 128 bytes");
+	if (strcmp(kind, "consume") != 0 && strcmp(kind, "record") != 0 &&
+		strcmp(kind, "adjustment") != 0)
+		LedgerRowError("kind must be consume, record or adjustment");
+	if (!key_null && VARSIZE_ANY_EXHDR(DatumGetPointer(key_datum)) == 0)
+		LedgerRowError("idempotency_key must not be empty");
+	if (!NumericToAmount(amount_num, &amount) ||
+		amount > USAGE_GUARD_MAX_AMOUNT * AMOUNT_ONE || amount < -USAGE_GUARD_MAX_AMOUNT * AMOUNT_ONE)
+		LedgerRowError("amount must be between -1e15 and 1e15 with at most 12 decimal places");
+	if (amount < 0 && strcmp(kind, "adjustment") != 0)
+		LedgerRowError("only rows of kind adjustment may have a negative amount");
+	if (!isfinite_ts(at))
+		LedgerRowError("occurred_at must be finite");
 
 	GetPolicy(tenant_id, feature_key, &policy);
 	if (!policy.feature_exists)
