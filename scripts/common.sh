@@ -68,7 +68,8 @@ free_port() {
     echo "$p"
 }
 
-# start_cluster DIR PORT: initdb + start on loopback, socket in DIR
+# start_cluster DIR PORT: initdb + start on loopback, socket in DIR;
+# $CLUSTER_CONF is appended to postgresql.conf
 start_cluster() {
     local dir=$1 port
     port=$(free_port "$2")
@@ -78,6 +79,7 @@ listen_addresses = '127.0.0.1'
 port = $port
 unix_socket_directories = '$dir'
 shared_preload_libraries = 'usage_guard'
+${CLUSTER_CONF:-}
 CONF
     if ! as_owner pg_ctl -D "$dir/data" -l "$dir/server.log" -w start >/dev/null; then
         log "the server did not start; its log:"

@@ -98,6 +98,8 @@ stop_leftovers() {
 cleanup() {
     local rc=$?
     set +e
+    # a trap can run inside a redirected command: back to the script's output
+    exec 1>&3 2>&4
     [ -n "$POLLER" ] && kill "$POLLER" 2>/dev/null
     stop_leftovers
     log "restoring the normal build"
@@ -114,6 +116,7 @@ cleanup() {
     fi
     exit $rc
 }
+exec 3>&1 4>&2
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -236,7 +239,7 @@ run_suite() {
     local name=$1 dir=$2 target=$3 bin=$4; shift 4
     local rc=0 ok bad start=$SECONDS
     log "$name: make $target (bindir $bin)"
-    as_owner timeout "$SUITE_TIMEOUT" env "$@" make -C "$dir" -s "$target" bindir="$bin" >"$dir/$name.log" 2>&1 || rc=$?
+    as_owner timeout "$SUITE_TIMEOUT" env "$@" make -C "$dir" -s "$target" bindir="$bin" >"$dir/$name.log" 2>&1 3>&- 4>&- || rc=$?
     [ $rc -eq 124 ] && log "$name: timed out after $SUITE_TIMEOUT s"
     ok=$(grep -cE '\.\.\. ok|^ok [0-9]' "$dir/$name.log" || true)
     bad=$(grep -cE '\.\.\. FAILED|^not ok [0-9]' "$dir/$name.log" || true)
@@ -257,7 +260,7 @@ run_suite() {
 run_canary() {
     local dir=$1 bin=$2; shift 2
     log "canary: make installcheck (bindir $bin)"
-    as_owner timeout "$SUITE_TIMEOUT" env "$@" make -C "$dir" -s installcheck bindir="$bin" >"$dir/canary.log" 2>&1 || true
+    as_owner timeout "$SUITE_TIMEOUT" env "$@" make -C "$dir" -s installcheck bindir="$bin" >"$dir/canary.log" 2>&1 3>&- 4>&- || true
 }
 
 # Crashes and checker exits as the postmaster saw them
@@ -328,8 +331,8 @@ run_asan() {
     readelf -d "$build/usage_guard.so" | grep -q 'NEEDED.*libasan' ||
         { log "usage_guard.so is not linked with libasan"; exit 1; }
     local checks
-    checks=$(nm -D --undefined-only "$build/usage_guard.so" | grep -c '__asan_report' || true)
-    log "asan: usage_guard.so needs $(readelf -d "$build/usage_guard.so" | grep -o 'libasan[^]]*') and calls $checks distinct __asan_report_* checks"
+    checks=$(objdump -d "$build/usage_guard.so" | grep -cE 'call.*<__asan_report_' || true)
+    log "asan: usage_guard.so needs $(readelf -d "$build/usage_guard.so" | grep -o 'libasan[^]]*') and has $checks inline ASan checks (calls to __asan_report_*)"
     make_canary "$canary" "$san" "-fsanitize=address"
     chown -R postgres: "$build" "$canary" "$logs" 2>/dev/null || true
 

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# usage_guard benchmark: pgbench side by side, in one run, on a throwaway
+# cluster it starts itself.  Prints one table of TPS and ratios, and the
+# shared memory per tracked counter.  Not a test: nothing here fails on a
+# slow machine.  CI runs `--smoke` (tiny data, seconds per step).
+#
+#   bash test/bench/run.sh            full run (10k tenants, 1M ledger rows, then 10M)
+#   bash test/bench/run.sh --smoke    a quick run that only shows the machinery works
+#
+# Knobs (environment): BENCH_TENANTS, BENCH_ROWS, BENCH_SECONDS, BENCH_ROUNDS,
+# BENCH_CLIENTS, BENCH_THREADS, BENCH_GROWTH (ledger multiplier for the last step).
+source "$(dirname "$0")/../../scripts/common.sh"
+
+if [ "${1:-}" = "--smoke" ]; then
+    : "${BENCH_TENANTS:=200}" "${BENCH_ROWS:=20000}" "${BENCH_SECONDS:=2}" "${BENCH_ROUNDS:=1}"
+fi
+TENANTS=${BENCH_TENANTS:-10000}
+ROWS=${BENCH_ROWS:-1000000}
+SECONDS_PER_RUN=${BENCH_SECONDS:-15}
+ROUNDS=${BENCH_ROUNDS:-3}
+CLIENTS=${BENCH_CLIENTS:-8}
+THREADS=${BENCH_THREADS:-2}
+GROWTH=${BENCH_GROWTH:-10}
+
+ensure_prereqs
+[ "${BENCH_NO_BUILD:-}" = 1 ] || build_install
+make_workdir
+trap 'stop_cluster "$WORKDIR"; rm -rf "$WORKDIR"' EXIT
+
+CLUSTER_CONF="shared_buffers = '1GB'
+max_connections = 50
+usage_guard.max_counters = $((TENANTS * 2 + 1000))
+max_wal_size = '4GB'
+checkpoint_timeout = '30min'"
+start_cluster "$WORKDIR" 55432
+psql_bench() { as_owner psql -X -q -v ON_ERROR_STOP=1 -h "$PGHOST" -p "$PGPORT" -U postgres -d bench "$@"; }
+as_owner createdb -h "$PGHOST" -p "$PGPORT" -U postgres bench
+
+log "loading $TENANTS tenants and $ROWS ledger rows"
+psql_bench <<SQL
+CREATE EXTENSION usage_guard;
+INSERT INTO usage_guard.features (feature_key, unit) VALUES ('tokens', 'token');
+INSERT INTO usage_guard.plans (plan_code) VALUES ('pro');
+-- limits high enough that nothing is refused: every run measures the full path
+INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, soft_limit, hard_limit)
+VALUES ('pro', 'tokens', 'month', 1e13, 1e14), ('pro', 'tokens', 'day', NULL, 1e13);
+INSERT INTO usage_guard.tenant_subscriptions (tenant_id, plan_code, current_period_start)
+SELECT 't' || i, 'pro', now() - interval '3 days' FROM generate_series(1, $TENANTS) AS i;
+
+-- history in earlier months; loaded without the ledger's row trigger, so
+-- the live counters are reset afterwards and reload from the ledger
+SET session_replication_role = replica;
+INSERT INTO usage_guard.usage_events (tenant_id, feature_key, occurred_at, amount, kind)
+SELECT 't' || (1 + i % $TENANTS), 'tokens',
+       date_trunc('month', now()) - interval '1 second' - (i % 5000000) * interval '1 second', 1 + i % 7, 'record'
+  FROM generate_series(1, $ROWS) AS i;
+RESET session_replication_role;
+DO $$ BEGIN PERFORM usage_guard.reset_counters(); END $$;
+
+-- baseline 1: a plain single-row INSERT
+CREATE TABLE plain_insert (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                           tenant_id text NOT NULL, amount numeric NOT NULL,
+                           created_at timestamptz NOT NULL DEFAULT now());
+-- baseline 2: the hand-written quota of application code: a safe ON CONFLICT
+-- check-and-increment of a counter row, plus a ledger insert
+CREATE TABLE hand_counters (tenant_id text, feature_key text, window_start timestamptz,
+                            usage numeric NOT NULL, PRIMARY KEY (tenant_id, feature_key, window_start));
+CREATE TABLE hand_ledger (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, tenant_id text NOT NULL,
+                          feature_key text NOT NULL, amount numeric NOT NULL,
+                          occurred_at timestamptz NOT NULL DEFAULT now());
+CREATE FUNCTION hand_consume(p_tenant text, p_feature text, p_amount numeric, p_limit numeric)
+RETURNS boolean LANGUAGE plpgsql AS \$\$
+BEGIN
+    INSERT INTO hand_counters AS c VALUES (p_tenant, p_feature, date_trunc('month', now()), p_amount)
+    ON CONFLICT (tenant_id, feature_key, window_start)
+    DO UPDATE SET usage = c.usage + excluded.usage WHERE c.usage + excluded.usage <= p_limit;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    INSERT INTO hand_ledger (tenant_id, feature_key, amount) VALUES (p_tenant, p_feature, p_amount);
+    RETURN true;
+END
+\$\$;
+VACUUM ANALYZE;
+SQL
+
+S=$WORKDIR/scripts
+mkdir -p "$S"
+echo 'SELECT 1;' >"$S/select1.sql"
+printf '\\set t random(1, %d)\nINSERT INTO plain_insert (tenant_id, amount) VALUES (%s, 1);\n' "$TENANTS" "'t' || :t" >"$S/insert.sql"
+printf '\\set t random(1, %d)\nSELECT hand_consume(%s, %s, 1, 1e14);\n' "$TENANTS" "'t' || :t" "'tokens'" >"$S/hand.sql"
+printf 'SELECT hand_consume(%s, %s, 1, 1e14);\n' "'t1'" "'tokens'" >"$S/hand_one.sql"
+printf '\\set t random(1, %d)\nSELECT * FROM usage_guard.usage_check(%s, %s, 1);\n' "$TENANTS" "'t' || :t" "'tokens'" >"$S/check.sql"
+printf '\\set t random(1, %d)\nSELECT * FROM usage_guard.usage_consume(%s, %s, 1);\n' "$TENANTS" "'t' || :t" "'tokens'" >"$S/consume.sql"
+printf 'SELECT * FROM usage_guard.usage_consume(%s, %s, 1);\n' "'t1'" "'tokens'" >"$S/consume_one.sql"
+[ "$(id -u)" = 0 ] && chown -R postgres: "$S"
+
+declare -A TPS
+# run NAME SCRIPT SECONDS: one pgbench run; appends its TPS to TPS[NAME]
+run() {
+    local tps
+    tps=$(as_owner pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$3" -f "$S/$2" \
+            -h "$PGHOST" -p "$PGPORT" -U postgres bench 2>&1 |
+          sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | tail -n 1)
+    TPS[$1]="${TPS[$1]:-} ${tps:-0}"
+}
+median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR == 0) print 0; else print a[int((NR + 1) / 2)]}'; }
+
+log "warming up caches and live counters"
+run warm check.sql 2; run warm consume.sql 2
+
+TESTS=(select1 insert hand hand_one check consume consume_one)
+for r in $(seq 1 "$ROUNDS"); do
+    log "round $r of $ROUNDS (${SECONDS_PER_RUN}s per run)"
+    for t in "${TESTS[@]}"; do run "$t" "$t.sql" "$SECONDS_PER_RUN"; done
+done
+
+log "growing the ledger ${GROWTH}x"
+psql_bench <<SQL
+SET session_replication_role = replica;
+INSERT INTO usage_guard.usage_events (tenant_id, feature_key, occurred_at, amount, kind)
+SELECT 't' || (1 + i % $TENANTS), 'tokens',
+       date_trunc('month', now()) - interval '1 second' - (i % 50000000) * interval '1 second', 1, 'record'
+  FROM generate_series(1, $((ROWS * (GROWTH - 1)))) AS i;
+RESET session_replication_role;
+DO $$ BEGIN PERFORM usage_guard.reset_counters(); END $$;
+VACUUM ANALYZE usage_guard.usage_events;
+SQL
+run warm check.sql 2
+for r in $(seq 1 "$ROUNDS"); do run check_grown check.sql "$SECONDS_PER_RUN"; done
+
+declare -A M
+for t in "${TESTS[@]}" check_grown; do M[$t]=$(median "${TPS[$t]}"); done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+info=$(psql_bench -At -c "SELECT bytes_per_counter, counters_used, max_counters FROM usage_guard.shmem_info()")
+ledger_rows=$(psql_bench -At -c "SELECT count(*) FROM usage_guard.usage_events")
+
+cat <<REPORT
+
+usage_guard benchmark: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)
+$(as_owner psql -X -At -h "$PGHOST" -p "$PGPORT" -U postgres -d bench -c 'SELECT version()' | cut -d, -f1)
+pgbench -M prepared -c $CLIENTS -j $THREADS, ${SECONDS_PER_RUN}s per run, median of $ROUNDS rounds run in turn;
+$TENANTS tenants, $ROWS ledger rows ($ledger_rows after growth), synchronous_commit = on
+
+| workload                                        |        TPS | ratio                    | target |
+|-------------------------------------------------|-----------:|--------------------------|--------|
+| SELECT 1                                        | $(printf '%10.0f' "${M[select1]}") | 1.00                     |        |
+| plain single-row INSERT                         | $(printf '%10.0f' "${M[insert]}") | $(ratio "${M[insert]}" "${M[select1]}") x SELECT 1            |        |
+| hand-written ON CONFLICT check + ledger insert  | $(printf '%10.0f' "${M[hand]}") | $(ratio "${M[hand]}" "${M[insert]}") x INSERT              |        |
+| same, all clients on one tenant                 | $(printf '%10.0f' "${M[hand_one]}") | $(ratio "${M[hand_one]}" "${M[insert]}") x INSERT              |        |
+| usage_check, random tenants                     | $(printf '%10.0f' "${M[check]}") | $(ratio "${M[check]}" "${M[select1]}") x SELECT 1            | >= 0.80 |
+| usage_consume, random tenants                   | $(printf '%10.0f' "${M[consume]}") | $(ratio "${M[consume]}" "${M[insert]}") x INSERT              | >= 0.70 |
+| usage_consume, all clients on one tenant        | $(printf '%10.0f' "${M[consume_one]}") | $(ratio "${M[consume_one]}" "${M[consume]}") x random consume      | >= 0.80 |
+| usage_check after ${GROWTH}x more ledger history       | $(printf '%10.0f' "${M[check_grown]}") | $(ratio "${M[check_grown]}" "${M[check]}") x check before        | >= 0.95 |
+
+shared memory per tracked tenant/feature: ${info%%|*} bytes (up to 8 live windows each; $(echo "$info" | cut -d'|' -f2) of $(echo "$info" | cut -d'|' -f3) in use)
+all runs (TPS): $(for t in "${TESTS[@]}" check_grown; do printf '%s:%s; ' "$t" "${TPS[$t]}"; done)
+REPORT
