@@ -239,7 +239,9 @@ run_suite() {
     local name=$1 dir=$2 target=$3 bin=$4; shift 4
     local rc=0 ok bad start=$SECONDS
     log "$name: make $target (bindir $bin)"
-    as_owner timeout "$SUITE_TIMEOUT" env "$@" make -C "$dir" -s "$target" bindir="$bin" >"$dir/$name.log" 2>&1 3>&- 4>&- || rc=$?
+    # fds 3 and 4 (the script's own output) are not for the servers
+    (exec 3>&- 4>&-; as_owner timeout "$SUITE_TIMEOUT" env "$@" make -C "$dir" -s "$target" bindir="$bin") \
+        >"$dir/$name.log" 2>&1 || rc=$?
     [ $rc -eq 124 ] && log "$name: timed out after $SUITE_TIMEOUT s"
     ok=$(grep -cE '\.\.\. ok|^ok [0-9]' "$dir/$name.log" || true)
     bad=$(grep -cE '\.\.\. FAILED|^not ok [0-9]' "$dir/$name.log" || true)
@@ -260,7 +262,8 @@ run_suite() {
 run_canary() {
     local dir=$1 bin=$2; shift 2
     log "canary: make installcheck (bindir $bin)"
-    as_owner timeout "$SUITE_TIMEOUT" env "$@" make -C "$dir" -s installcheck bindir="$bin" >"$dir/canary.log" 2>&1 3>&- 4>&- || true
+    (exec 3>&- 4>&-; as_owner timeout "$SUITE_TIMEOUT" env "$@" make -C "$dir" -s installcheck bindir="$bin") \
+        >"$dir/canary.log" 2>&1 || true
 }
 
 # Crashes and checker exits as the postmaster saw them
