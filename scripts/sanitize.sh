@@ -73,9 +73,12 @@ SHAREDIR=$(pg_config --sharedir)
 BASE_CFLAGS=$(printf 'ug-print-%%:\n\t@echo $($*)\n' |
     make -s --no-print-directory -C "$ROOT" -f Makefile -f - ug-print-PG_CFLAGS)
 
-# Stack frames of usage_guard code: the library or one of its sources.
-SRC_FILES=$(cd "$ROOT/src" && ls *.c | sed 's/\.c$//' | paste -sd'|')
-UG_RE="usage_guard\\.so|/src/($SRC_FILES)\\.c"
+# Stack frames of usage_guard code: the library, or one of its sources
+# (valgrind runs with --fullpath-after=, so a bare api.c never shows up).
+# ASan prints the path as compiled (src/api.c:12), valgrind the full path.
+code_re() { printf '%s\\.so|(^|[ /(])src/(%s)\\.c:' "$1" "$2"; }
+UG_RE=$(code_re usage_guard "$(cd "$ROOT/src" && ls *.c | sed 's/\.c$//' | paste -sd'|')")
+CANARY_RE=$(code_re ug_canary ug_canary)	# same shape: checks the classifier
 
 # Not /tmp/usage_guard.*: every staged path would then match "usage_guard".
 WORKDIR=$(mktemp -d /tmp/ug-sanitize.XXXXXX)
@@ -158,8 +161,8 @@ build_variant() {
 # extension.  A checker that is really active must report it.
 make_canary() {
     local dir=$1 cflags=$2 ldflags=$3
-    rm -rf "$dir"; mkdir -p "$dir/sql" "$dir/expected"
-    cat >"$dir/ug_canary.c" <<'C'
+    rm -rf "$dir"; mkdir -p "$dir/src" "$dir/sql" "$dir/expected"
+    cat >"$dir/src/ug_canary.c" <<'C'
 #include "postgres.h"
 #include <stdlib.h>
 #include "fmgr.h"
@@ -179,7 +182,8 @@ ug_canary_overread(PG_FUNCTION_ARGS)
 }
 C
     cat >"$dir/Makefile" <<'MK'
-MODULES = ug_canary
+MODULE_big = ug_canary
+OBJS = src/ug_canary.o
 REGRESS = ug_canary
 REGRESS_OPTS = --temp-instance=./tmp_canary
 PG_CONFIG ?= pg_config
@@ -343,7 +347,8 @@ run_asan() {
     run_canary "$canary" "$STAGE$BINDIR" \
         LD_PRELOAD="$preload" ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:log_path=$logs/canary/asan"
     local canary_ok=0
-    if grep -l 'heap-buffer-overflow' "$logs"/canary/asan.* 2>/dev/null | xargs -r grep -l 'ug_canary\.c:[0-9]' >/dev/null; then
+    if grep -l 'heap-buffer-overflow' "$logs"/canary/asan.* 2>/dev/null | xargs -r grep -lE "$CANARY_RE" |
+            xargs -r grep -lE '(^|[ /(])src/ug_canary\.c:[0-9]+' >/dev/null; then
         canary_ok=1
         log "asan canary reported: $(grep -h '^SUMMARY' "$logs"/canary/asan.* | head -n1)"
     else
@@ -421,7 +426,7 @@ run_valgrind() {
 #!/bin/sh
 # postgres under valgrind memcheck; VG_LOG_DIR chooses where the logs go
 exec valgrind --quiet --trace-children=yes --leak-check=no --track-origins=yes \\
-    --num-callers=40 --error-limit=no --error-markers=VGERROR-BEGIN,VGERROR-END \\
+    --num-callers=40 --error-limit=no --error-markers=VGERROR-BEGIN,VGERROR-END --fullpath-after= \\
     --suppressions=$logs/postgres.supp \\
     --log-file="\${VG_LOG_DIR:-$logs/suites}/vg.%p.log" \\
     "$STAGE$BINDIR/postgres" "\$@"
@@ -431,7 +436,8 @@ SH
 
     run_canary "$canary" "$vgbin" VG_LOG_DIR="$logs/canary" PGCTLTIMEOUT=600
     local canary_ok=0
-    if grep -l 'Invalid read of size 1' "$logs"/canary/vg.*.log 2>/dev/null | xargs -r grep -l 'ug_canary\.c:[0-9]' >/dev/null; then
+    if grep -l 'Invalid read of size 1' "$logs"/canary/vg.*.log 2>/dev/null | xargs -r grep -lE "$CANARY_RE" |
+            xargs -r grep -lE '(^|[ /(])src/ug_canary\.c:[0-9]+' >/dev/null; then
         canary_ok=1
         log "valgrind canary reported: $(grep -h -A1 'Invalid read of size 1' "$logs"/canary/vg.*.log | sed -n 2p | sed 's/^==[0-9]*== *//')"
     else
@@ -501,6 +507,7 @@ SH
 }
 
 [ "$(id -u)" = 0 ] && chown postgres: "$WORKDIR"
+log "a report is usage_guard's when it matches: $UG_RE"
 stage_postgres
 for mode in "${MODES[@]}"; do
     "run_$mode"

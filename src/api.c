@@ -322,6 +322,19 @@ FastConsume(const CounterKey *key, uint32 hash, const Policy *policy,
 	TimestampTz starts[2 * PERIOD_KINDS],
 				ends[2 * PERIOD_KINDS];
 	int			m = WindowsToLoad(policy, limits, n, starts, ends, true);
+	bool		present;
+
+	/*
+	 * Load missing windows before taking the writer lock: concurrent first
+	 * consumers of a key then queue for the loader lock one after another.
+	 * A consumer that held the writer lock while asking for the loader lock
+	 * would deadlock with another doing the same.
+	 */
+	LWLockAcquire(lock, LW_SHARED);
+	present = ReadUsage(CounterLookup(key, hash), limits, n);
+	LWLockRelease(lock);
+	if (!present && !LoadWindows(key, hash, starts, ends, m, true))
+		return false;
 
 	/* a writer holds this until its transaction ends: loaders wait for it */
 	LockCounterKey(key, hash, RowExclusiveLock);
@@ -352,7 +365,8 @@ FastConsume(const CounterKey *key, uint32 hash, const Policy *policy,
 			return true;
 		}
 		LWLockRelease(lock);
-		if (!LoadWindows(key, hash, starts, ends, m, true))
+		/* evicted meanwhile: holding the writer lock, never wait for the loader lock */
+		if (!LoadWindows(key, hash, starts, ends, m, false))
 			return false;
 	}
 	return false;
