@@ -17,7 +17,7 @@ REGRESS = setup catalog check consume record periods billing overrides \
           idempotency soft_mode errors totals meter_table counters upgrade
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/usage_guard.conf
 
-ISOLATION = consume_last_unit reload_after_restart
+ISOLATION = consume_last_unit reload_after_restart catalog_change
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=./tmp_isolation \
                  --temp-config=$(srcdir)/test/usage_guard.conf
 

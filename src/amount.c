@@ -110,6 +110,9 @@ AmountToCString(Amount a)
 Numeric
 AmountToNumeric(Amount a)
 {
+	/* whole numbers (token counts, messages) skip the text round trip */
+	if (a % AMOUNT_ONE == 0 && a / AMOUNT_ONE <= PG_INT64_MAX && a / AMOUNT_ONE >= PG_INT64_MIN)
+		return int64_to_numeric((int64) (a / AMOUNT_ONE));
 	return DatumGetNumeric(DirectFunctionCall3(numeric_in,
 											   CStringGetDatum(AmountToCString(a)),
 											   ObjectIdGetDatum(InvalidOid),

@@ -12,6 +12,7 @@
 #include "postgres.h"
 
 #include "catalog/namespace.h"
+#include "common/hashfn.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "utils/hsearch.h"
@@ -78,6 +79,28 @@ ResetCache(void)
 		catalog_relids[i] = OidIsValid(nsp) ? get_relname_relid(catalog_tables[i], nsp) : InvalidOid;
 }
 
+/* Hash and compare only the bytes in use of the two key strings */
+static uint32
+PolicyKeyHash(const void *key, Size keysize)
+{
+	const char *tenant = key;
+	const char *feature = tenant + UG_TENANT_MAX + 1;
+
+	return hash_combine(hash_bytes((const unsigned char *) tenant, strlen(tenant)),
+						hash_bytes((const unsigned char *) feature, strlen(feature)));
+}
+
+static int
+PolicyKeyMatch(const void *key1, const void *key2, Size keysize)
+{
+	const char *a = key1;
+	const char *b = key2;
+
+	if (strcmp(a, b) != 0)
+		return 1;
+	return strcmp(a + UG_TENANT_MAX + 1, b + UG_TENANT_MAX + 1);
+}
+
 static void
 CreateCache(void)
 {
@@ -85,9 +108,11 @@ CreateCache(void)
 
 	info.keysize = POLICY_KEY_SIZE;
 	info.entrysize = sizeof(Policy);
+	info.hash = PolicyKeyHash;
+	info.match = PolicyKeyMatch;
 	info.hcxt = CacheMemoryContext;
 	policies = hash_create("usage_guard policies", 1024, &info,
-						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+						   HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
 }
 
 /* OID of the ledger: part of every shared counter's key */
