@@ -17,9 +17,9 @@
 # installation is never replaced by an instrumented build while other work
 # may be using it.
 #   ASan:     -fsanitize=address -fno-omit-frame-pointer -g -O1; the servers
-#             get LD_PRELOAD=libasan and ASAN_OPTIONS=...:log_path=<dir>/asan
-#             from the environment of make (pg_regress starts the postmaster
-#             with its own environment).
+#             get LD_PRELOAD=libasan (plus a stub, see asan_preload) and
+#             ASAN_OPTIONS=...:log_path=<dir>/asan from the environment of
+#             make (pg_regress starts the postmaster with its own environment).
 #   valgrind: -g -O1; --bindir is a directory whose postgres runs the real one
 #             under valgrind --trace-children=yes (every backend is a fork of
 #             the postmaster, so all of them are checked); other programs are
@@ -32,9 +32,11 @@
 # (make clean && make && make install in the source tree).
 #
 # Limits: PostgreSQL is not built with ASan or USE_VALGRIND, so overruns
-# inside a palloc block and reads of pfree'd chunks are invisible to both
-# checkers; what they see is stack, globals, malloc-level heap, libc calls
-# (strlen, memcpy, ...) and, for valgrind, uses of uninitialised values.
+# inside a palloc block or the shared memory segment, and reads of pfree'd
+# chunks, are invisible to both checkers; what they see is stack, globals,
+# malloc-level heap, libc calls (strlen, memcpy, ...) and, for valgrind,
+# uses of uninitialised values.  The TAP suite is not run.
+set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
