@@ -43,6 +43,17 @@ if ls "$WORKDIR"/test/t/*.pl >/dev/null 2>&1; then
     run_suite tap make -C "$WORKDIR" -s tap
 fi
 
+# The benchmark is not a test: a short smoke run shows it still works.
+log "benchmark smoke run"
+if ! BENCH_NO_BUILD=1 bash "$ROOT/test/bench/run.sh" --smoke >"$WORKDIR/bench.log" 2>&1; then
+    cat "$WORKDIR/bench.log"
+    log "the benchmark smoke run failed"
+    status=1
+    failed=$((failed + 1))
+else
+    sed -n '/^usage_guard benchmark/,$p' "$WORKDIR/bench.log"
+fi
+
 for pair in regress:regression.diffs isolation:output_iso/regression.diffs; do
     f="$WORKDIR/${pair#*:}"
     if [ -s "$f" ]; then

@@ -262,6 +262,8 @@ WindowsToLoad(const Policy *policy, const FeatureLimit *limits, int n,
 static bool
 ReadUsage(CounterEntry *entry, FeatureLimit *limits, int n)
 {
+	if (n == 0)
+		return true;			/* not included: no window to read */
 	if (entry == NULL)
 		return false;
 	for (int i = 0; i < n; i++)
@@ -295,7 +297,7 @@ FastRead(const CounterKey *key, uint32 hash, const Policy *policy,
 		LWLockAcquire(lock, LW_SHARED);
 		entry = CounterLookup(key, hash);
 		ok = ReadUsage(entry, limits, n);
-		if (ok)
+		if (ok && entry != NULL)
 			CounterTouch(entry);
 		LWLockRelease(lock);
 		if (ok)
@@ -353,11 +355,13 @@ FastConsume(const CounterKey *key, uint32 hash, const Policy *policy,
 			if ((*d)->allowed)
 			{
 				*write = NewLocalWrite(key, hash, at, amount);
-				RegisterWrite(entry, *write);
+				if (entry != NULL)
+					RegisterWrite(entry, *write);
 			}
 			for (int i = n; i < m; i++)
 				next_missing |= (CounterFindWindow(entry, starts[i], ends[i]) == NULL);
-			CounterTouch(entry);
+			if (entry != NULL)
+				CounterTouch(entry);
 			LWLockRelease(lock);
 			/* have the next windows ready before their period starts */
 			if (next_missing)

@@ -194,7 +194,8 @@ EvictIdle(void)
 {
 	HASH_SEQ_STATUS scan;
 	CounterEntry *e;
-	double		sum = 0;
+	uint64		min = PG_UINT64_MAX;
+	uint128		excess = 0;
 	long		n = 0;
 	int			removed = 0;
 	uint64		threshold;
@@ -202,14 +203,19 @@ EvictIdle(void)
 	LockAllPartitions(LW_EXCLUSIVE);
 	hash_seq_init(&scan, counters);
 	while ((e = hash_seq_search(&scan)) != NULL)
+		if (EntryIdle(e))
+			min = Min(min, pg_atomic_read_u64(&e->last_used));
+	/* the mean, in integers: a double sum of microsecond stamps rounds below equal values */
+	hash_seq_init(&scan, counters);
+	while ((e = hash_seq_search(&scan)) != NULL)
 	{
 		if (EntryIdle(e))
 		{
-			sum += (double) pg_atomic_read_u64(&e->last_used);
+			excess += pg_atomic_read_u64(&e->last_used) - min;
 			n++;
 		}
 	}
-	threshold = n > 0 ? (uint64) (sum / n) : 0;
+	threshold = n > 0 ? min + (uint64) (excess / (uint128) n) : 0;
 	hash_seq_init(&scan, counters);
 	while ((e = hash_seq_search(&scan)) != NULL)
 	{

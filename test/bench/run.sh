@@ -55,7 +55,7 @@ SELECT 't' || (1 + i % $TENANTS), 'tokens',
        date_trunc('month', now()) - interval '1 second' - (i % 5000000) * interval '1 second', 1 + i % 7, 'record'
   FROM generate_series(1, $ROWS) AS i;
 RESET session_replication_role;
-DO $$ BEGIN PERFORM usage_guard.reset_counters(); END $$;
+DO \$\$ BEGIN PERFORM usage_guard.reset_counters(); END \$\$;
 
 -- baseline 1: a plain single-row INSERT
 CREATE TABLE plain_insert (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -123,7 +123,7 @@ SELECT 't' || (1 + i % $TENANTS), 'tokens',
        date_trunc('month', now()) - interval '1 second' - (i % 50000000) * interval '1 second', 1, 'record'
   FROM generate_series(1, $((ROWS * (GROWTH - 1)))) AS i;
 RESET session_replication_role;
-DO $$ BEGIN PERFORM usage_guard.reset_counters(); END $$;
+DO \$\$ BEGIN PERFORM usage_guard.reset_counters(); END \$\$;
 VACUUM ANALYZE usage_guard.usage_events;
 SQL
 run warm check.sql 2
