@@ -81,3 +81,30 @@ BEGIN;
 SELECT usage_guard.usage_record('ctr', 'ctr_calls', 1, '2025-11-18 19:00+00');
 PREPARE TRANSACTION 'ug';
 SELECT usage, reserved FROM usage_guard.usage_counters WHERE tenant_id = 'ctr' AND window_start = '2025-11-18';
+
+-- a bulk write (a restore, a COPY, a backfill) needs memory per key, not per
+-- row, and decisions stay exact in the same transaction
+INSERT INTO usage_guard.tenant_subscriptions (tenant_id, plan_code) VALUES ('ctr-bulk', 'ctr_plan');
+BEGIN;
+INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount, occurred_at)
+SELECT 'ctr-bulk', 'ctr_calls', 0.0005, '2025-11-18 00:00+00'::timestamptz + i * interval '100 ms'
+  FROM generate_series(1, 100000) AS i;
+SELECT sum(total_bytes) < 4 * 1024 * 1024 AS small_transaction_memory
+  FROM pg_backend_memory_contexts WHERE name = 'TopTransactionContext';
+-- the key's windows were not live: decisions for it use the ledger meanwhile
+SELECT allowed, usage FROM usage_guard.usage_consume('ctr-bulk', 'ctr_calls', 1, at => '2025-11-18 23:00+00');
+SELECT allowed, usage FROM usage_guard.usage_consume('ctr-bulk', 'ctr_calls', 1, at => '2025-11-18 23:00+00');
+COMMIT;
+SELECT usage FROM usage_guard.usage_check('ctr-bulk', 'ctr_calls', 0, '2025-11-18 23:30+00');
+SELECT c.usage = (SELECT sum(amount) FROM usage_guard.usage_events e WHERE e.tenant_id = 'ctr-bulk'
+                   AND e.occurred_at >= c.window_start AND e.occurred_at < c.window_end) AS equals_ledger
+  FROM usage_guard.usage_counters c WHERE c.tenant_id = 'ctr-bulk' AND c.window_start = '2025-11-18';
+-- many consumes in one transaction on live windows merge into one record
+BEGIN;
+SELECT count(*) FILTER (WHERE allowed) AS allowed
+  FROM generate_series(1, 20000) AS i,
+       LATERAL usage_guard.usage_consume('ctr-bulk', 'ctr_calls', 0.001, at => '2025-11-18 23:30+00'::timestamptz + i * interval '1 ms') AS d;
+SELECT sum(total_bytes) < 4 * 1024 * 1024 AS small_transaction_memory
+  FROM pg_backend_memory_contexts WHERE name = 'TopTransactionContext';
+COMMIT;
+SELECT usage, reserved FROM usage_guard.usage_counters WHERE tenant_id = 'ctr-bulk' AND window_start = '2025-11-18';

@@ -222,9 +222,13 @@ LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *starts,
 		if (present)
 			continue;
 
-		sum = LedgerWindowSum(key->tenant_id, key->feature_key, starts[i], ends[i]);
 		/* our own uncommitted rows are in the sum: they are in flight, not usage */
-		OwnWritesIn(key, starts[i], ends[i], &pos, &neg);
+		if (!OwnWritesIn(key, starts[i], ends[i], &pos, &neg))
+		{
+			ok = false;
+			break;
+		}
+		sum = LedgerWindowSum(key->tenant_id, key->feature_key, starts[i], ends[i]);
 		ok = CounterAddWindow(key, hash, starts[i], ends[i], sum - pos - neg, pos, neg,
 							  GetCurrentTransactionStartTimestamp());
 		if (ok)
@@ -318,7 +322,7 @@ FastRead(const CounterKey *key, uint32 hash, const Policy *policy,
 static bool
 FastConsume(const CounterKey *key, uint32 hash, const Policy *policy,
 			FeatureLimit *limits, int n, TimestampTz at, Amount amount,
-			Decision **d, LocalWrite **write)
+			bool undoable, Decision **d, LocalWrite **write)
 {
 	LWLock	   *lock = CounterPartitionLock(hash);
 	TimestampTz starts[2 * PERIOD_KINDS],
@@ -353,11 +357,7 @@ FastConsume(const CounterKey *key, uint32 hash, const Policy *policy,
 			*d = EvaluateLimits(policy->tenant_id, policy->plan_code, policy->feature_key,
 								limits, n, amount);
 			if ((*d)->allowed)
-			{
-				*write = NewLocalWrite(key, hash, at, amount);
-				if (entry != NULL)
-					RegisterWrite(entry, *write);
-			}
+				*write = CountWrite(entry, key, hash, at, amount, undoable);
 			for (int i = n; i < m; i++)
 				next_missing |= (CounterFindWindow(entry, starts[i], ends[i]) == NULL);
 			if (entry != NULL)
@@ -515,7 +515,8 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 		}
 	}
 
-	if (!fast || !FastConsume(&ckey, hash, &policy, limits, n, at, amount, &d, &write))
+	if (!fast || !FastConsume(&ckey, hash, &policy, limits, n, at, amount, key != NULL,
+											&d, &write))
 	{
 		/* table path: consumers of this key take turns until they commit */
 		if (fast)
@@ -528,7 +529,7 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 		TableRead(&policy, limits, n);
 		d = EvaluateLimits(tenant_id, policy.plan_code, feature_key, limits, n, amount);
 		if (d->allowed)
-			write = CountLedgerRow(tenant_id, feature_key, at, amount);
+			write = CountLedgerRow(tenant_id, feature_key, at, amount, key != NULL);
 	}
 
 	if (d->allowed)
@@ -597,7 +598,7 @@ usage_record(PG_FUNCTION_ARGS)
 				 errmsg("unknown feature \"%s\"", feature_key),
 				 errhint("Features are rows of usage_guard.features.")));
 
-	write = CountLedgerRow(tenant_id, feature_key, occurred_at, amount);
+	write = CountLedgerRow(tenant_id, feature_key, occurred_at, amount, key != NULL);
 	SPI_connect();
 	inserted = InsertUsageEvent(tenant_id, feature_key, amount_num, occurred_at, "record",
 								key, attributes);

@@ -55,6 +55,8 @@ typedef struct LocalWrite
 	TimestampTz at;
 	Amount		amount;
 	SubTransactionId subid;
+	bool		undoable;		/* may be taken back (idempotent insert): never merged */
+	bool		mixed;			/* merged writes with different times */
 	int			nregistered;	/* windows this write was added to */
 	TimestampTz reg_start[UG_MAX_WINDOWS];
 	TimestampTz reg_end[UG_MAX_WINDOWS];
@@ -81,11 +83,10 @@ extern Size CounterEntrySize(void);
 
 /* writes.c */
 extern void WritesInit(void);
-extern LocalWrite *NewLocalWrite(const CounterKey *key, uint32 hash, TimestampTz at,
-								 Amount amount);
-extern void RegisterWrite(CounterEntry *entry, LocalWrite *w);
+extern LocalWrite *CountWrite(CounterEntry *entry, const CounterKey *key, uint32 hash,
+							  TimestampTz at, Amount amount, bool undoable);
 extern void UndoLocalWrite(LocalWrite *w);
-extern void OwnWritesIn(const CounterKey *key, TimestampTz start, TimestampTz end,
+extern bool OwnWritesIn(const CounterKey *key, TimestampTz start, TimestampTz end,
 						Amount *positive, Amount *negative);
 extern void RegisterOwnWritesIn(const CounterKey *key, TimestampTz start, TimestampTz end);
 extern void LockIdempotencyKey(const char *tenant_id, const char *key);

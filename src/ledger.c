@@ -263,12 +263,14 @@ InsertUsageEvent(const char *tenant_id, const char *feature_key,
 }
 
 /*
- * Count a row that is (or is about to be) in the ledger: remember it as this
- * transaction's write and add it to every live window containing it.  The
- * key lock in RowExclusiveLock is held until the transaction ends.
+ * Count a row that is (or is about to be) in the ledger in every live window
+ * containing it (see CountWrite).  The key lock in RowExclusiveLock is held
+ * until the transaction ends.  Undoable: the insert may turn out to be an
+ * idempotent duplicate (UndoLocalWrite).
  */
 LocalWrite *
-CountLedgerRow(const char *tenant_id, const char *feature_key, TimestampTz at, Amount amount)
+CountLedgerRow(const char *tenant_id, const char *feature_key, TimestampTz at, Amount amount,
+			   bool undoable)
 {
 	CounterKey	key;
 	uint32		hash;
@@ -281,12 +283,10 @@ CountLedgerRow(const char *tenant_id, const char *feature_key, TimestampTz at, A
 	MakeCounterKey(&key, LedgerRelid(), tenant_id, feature_key);
 	hash = CounterKeyHash(&key);
 	LockCounterKey(&key, hash, RowExclusiveLock);
-	w = NewLocalWrite(&key, hash, at, amount);
 	lock = CounterPartitionLock(hash);
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	entry = CounterLookup(&key, hash);
-	if (entry != NULL)
-		RegisterWrite(entry, w);
+	w = CountWrite(entry, &key, hash, at, amount, undoable);
 	LWLockRelease(lock);
 	return w;
 }
@@ -384,6 +384,6 @@ usage_guard_ledger_insert(PG_FUNCTION_ARGS)
 				 errmsg("unknown feature \"%s\"", feature_key),
 				 errhint("Features are rows of usage_guard.features.")));
 
-	CountLedgerRow(tenant_id, feature_key, at, amount);
+	CountLedgerRow(tenant_id, feature_key, at, amount, false);
 	return PointerGetDatum(NULL);
 }

@@ -143,7 +143,7 @@ extern Oid	LookupLedgerRelid(void);
 extern Amount LedgerWindowSum(const char *tenant_id, const char *feature_key,
 							  TimestampTz start, TimestampTz end);
 extern LocalWrite *CountLedgerRow(const char *tenant_id, const char *feature_key,
-								  TimestampTz at, Amount amount);
+								  TimestampTz at, Amount amount, bool undoable);
 extern bool IdempotencyKeyExists(const char *tenant_id, const char *key);
 extern bool InsertUsageEvent(const char *tenant_id, const char *feature_key,
 							 Numeric amount, TimestampTz occurred_at,

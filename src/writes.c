@@ -17,6 +17,7 @@
 #include "common/hashfn.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
+#include "utils/hsearch.h"
 #include "utils/memutils.h"
 
 #include "counters.h"
@@ -25,6 +26,16 @@
 #define UG_LOCKTAG_FIELD4 0x5547
 
 static LocalWrite *writes = NULL;
+
+/*
+ * Keys this transaction wrote rows for that were counted in no live window,
+ * or whose rows were merged across times.  Such rows are not remembered one
+ * by one (a COPY of a large ledger would need memory per row), so their
+ * windows cannot be loaded in this transaction: decisions for these keys
+ * take the table path until it ends.  No other backend can load them
+ * either, since this transaction holds the key lock as a writer.
+ */
+static HTAB *unloadable = NULL;
 
 static void
 SetKeyTag(LOCKTAG *tag, const CounterKey *key, uint32 hash)
@@ -79,22 +90,6 @@ LockIdempotencyKey(const char *tenant_id, const char *key)
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 
-/* Remember a row written by this transaction (it is settled at its end) */
-LocalWrite *
-NewLocalWrite(const CounterKey *key, uint32 hash, TimestampTz at, Amount amount)
-{
-	LocalWrite *w = MemoryContextAllocZero(TopTransactionContext, sizeof(LocalWrite));
-
-	w->key = *key;
-	w->hash = hash;
-	w->at = at;
-	w->amount = amount;
-	w->subid = GetCurrentSubTransactionId();
-	w->next = writes;
-	writes = w;
-	return w;
-}
-
 static bool
 Registered(const LocalWrite *w, TimestampTz start, TimestampTz end)
 {
@@ -115,12 +110,8 @@ AddRegistration(LocalWrite *w, TimestampTz start, TimestampTz end)
 	}
 }
 
-/*
- * Count a write in every live window of its key that contains it.  The
- * caller holds the key lock (RowExclusive or stronger) and the partition
- * lock exclusive.
- */
-void
+/* Count a write in every live window of its key that contains it */
+static void
 RegisterWrite(CounterEntry *entry, LocalWrite *w)
 {
 	for (int i = 0; i < entry->nwindows; i++)
@@ -135,6 +126,81 @@ RegisterWrite(CounterEntry *entry, LocalWrite *w)
 			win->credit += w->amount;
 		AddRegistration(w, win->start, win->end);
 	}
+}
+
+static void
+MarkUnloadable(const CounterKey *key)
+{
+	if (unloadable == NULL)
+	{
+		HASHCTL		info;
+
+		info.keysize = sizeof(CounterKey);
+		info.entrysize = sizeof(CounterKey);
+		info.hcxt = TopTransactionContext;
+		unloadable = hash_create("usage_guard unloadable keys", 64, &info,
+								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	(void) hash_search(unloadable, key, HASH_ENTER, NULL);
+}
+
+static bool
+SameRegistrations(const LocalWrite *a, const LocalWrite *b)
+{
+	if (a->nregistered != b->nregistered)
+		return false;
+	for (int i = 0; i < a->nregistered; i++)
+		if (!Registered(b, a->reg_start[i], a->reg_end[i]))
+			return false;
+	return true;
+}
+
+/*
+ * Count a row this transaction writes: add it to every live window of its
+ * key that contains it (entry may be NULL: none) and remember what is to be
+ * settled at the end of the transaction.  The caller holds the key lock (as
+ * a writer or stronger) and, with an entry, its partition lock exclusive.
+ *
+ * Memory stays bounded by keys, not rows: a row counted in no window is not
+ * remembered (its key becomes unloadable for the transaction), and a row
+ * counted in the same windows as the previous one is merged into it.  An
+ * undoable write (an insert that may turn out to be an idempotent
+ * duplicate) is kept on its own and returned; otherwise NULL may be.
+ */
+LocalWrite *
+CountWrite(CounterEntry *entry, const CounterKey *key, uint32 hash,
+		   TimestampTz at, Amount amount, bool undoable)
+{
+	LocalWrite *w = MemoryContextAllocZero(TopTransactionContext, sizeof(LocalWrite));
+	LocalWrite *prev = writes;
+
+	w->key = *key;
+	w->hash = hash;
+	w->at = at;
+	w->amount = amount;
+	w->subid = GetCurrentSubTransactionId();
+	w->undoable = undoable;
+	if (entry != NULL)
+		RegisterWrite(entry, w);
+
+	if (!undoable && w->nregistered == 0)
+	{
+		MarkUnloadable(key);
+		pfree(w);
+		return NULL;
+	}
+	if (!undoable && prev != NULL && !prev->undoable && prev->subid == w->subid &&
+		(prev->amount >= 0) == (amount >= 0) && prev->hash == hash &&
+		memcmp(&prev->key, key, sizeof(CounterKey)) == 0 && SameRegistrations(prev, w))
+	{
+		prev->amount += amount;
+		prev->mixed |= (prev->at != at);
+		pfree(w);
+		return NULL;
+	}
+	w->next = writes;
+	writes = w;
+	return w;
 }
 
 /* Apply a settled write to the windows it was counted in */
@@ -188,22 +254,33 @@ UndoLocalWrite(LocalWrite *w)
 	pfree(w);
 }
 
-/* This transaction's own writes of a key in [start, end), by sign */
-void
+/*
+ * This transaction's own writes of a key in [start, end), by sign.  False
+ * when they are not known row by row (see CountWrite): the window cannot be
+ * loaded in this transaction.
+ */
+bool
 OwnWritesIn(const CounterKey *key, TimestampTz start, TimestampTz end,
 			Amount *positive, Amount *negative)
 {
 	*positive = 0;
 	*negative = 0;
+	if (unloadable != NULL && hash_search(unloadable, key, HASH_FIND, NULL) != NULL)
+		return false;
 	for (LocalWrite *w = writes; w != NULL; w = w->next)
 	{
-		if (w->at < start || w->at >= end || memcmp(&w->key, key, sizeof(CounterKey)) != 0)
+		if (memcmp(&w->key, key, sizeof(CounterKey)) != 0)
+			continue;
+		if (w->mixed)
+			return false;
+		if (w->at < start || w->at >= end)
 			continue;
 		if (w->amount >= 0)
 			*positive += w->amount;
 		else
 			*negative += w->amount;
 	}
+	return true;
 }
 
 /* After loading [start, end) with our own writes as reserved: settle them there too */
@@ -223,8 +300,9 @@ SettleAll(bool commit)
 {
 	for (LocalWrite *w = writes; w != NULL; w = w->next)
 		Settle(w, commit);
-	/* the list lives in TopTransactionContext, which goes away now */
+	/* both live in TopTransactionContext, which goes away now */
 	writes = NULL;
+	unloadable = NULL;
 }
 
 static void
