@@ -7,14 +7,14 @@ EXTVERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'.*/\1/p" usage_guard
 MODULE_big = usage_guard
 OBJS = src/usage_guard.o src/api.o src/amount.o src/cache.o src/counters.o \
        src/decision.o src/ledger.o src/period.o src/policy.o src/query.o \
-       src/writes.o
+       src/writes.o src/metrics.o
 PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
 
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 
 REGRESS = setup catalog check consume record periods billing overrides \
-          idempotency soft_mode errors totals meter_table counters upgrade
+          idempotency soft_mode errors totals meter_table counters metrics upgrade
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/usage_guard.conf
 
 ISOLATION = consume_last_unit reload_after_restart catalog_change

@@ -24,6 +24,7 @@ ensure_prereqs() {
     [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
     [ -f /usr/share/postgresql/15/extension/pg_cron.control ] || need+=(postgresql-15-cron)
     perl -MIPC::Run -e1 >/dev/null 2>&1 || need+=(libipc-run-perl)
+    /usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || need+=(python3-prometheus-client)
     command -v make >/dev/null 2>&1 || need+=(make)
     command -v gcc >/dev/null 2>&1 || need+=(gcc)
     if [ ${#need[@]} -gt 0 ]; then

@@ -18,6 +18,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "metrics.h"
 #include "usage_guard.h"
 
 #define MAX_KEY_BYTES 255
@@ -151,7 +152,10 @@ RequireAccess(const Policy *policy)
 				 errhint("Features are rows of usage_guard.features.")));
 	if (!policy->has_subscription ||
 		(strcmp(policy->status, "active") != 0 && strcmp(policy->status, "trialing") != 0))
+	{
+		MetricsCountPolicyError(policy->plan_code, !policy->has_subscription);
 		RaisePolicyError(policy->tenant_id, policy->feature_key, policy);
+	}
 }
 
 /* Say once per backend why decisions take the table path */
@@ -387,6 +391,18 @@ TableRead(const Policy *policy, FeatureLimit *limits, int n)
 	SPI_finish();
 }
 
+/* Count the decision and its latency; log a limit hit of a consume */
+static void
+Observe(const Decision *d, instr_time started, bool log_hit)
+{
+	instr_time	elapsed;
+
+	INSTR_TIME_SET_CURRENT(elapsed);
+	INSTR_TIME_SUBTRACT(elapsed, started);
+	MetricsObserveLatency(elapsed);
+	MetricsCountDecision(d, log_hit);
+}
+
 /* The decision as a usage_guard.usage_decision row */
 static Datum
 DecisionDatum(FunctionCallInfo fcinfo, const Decision *d, Numeric requested)
@@ -463,6 +479,9 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 	CounterKey	ckey;
 	uint32		hash = 0;
 	bool		fast = CountersAvailable();
+	instr_time	started;
+
+	INSTR_TIME_SET_CURRENT(started);
 
 	if (mode == CALL_CHECK)
 		at = RequiredTime(fcinfo, 3, "at");
@@ -491,6 +510,7 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 		if (!fast || !FastRead(&ckey, hash, &policy, limits, n))
 			TableRead(&policy, limits, n);
 		d = EvaluateLimits(tenant_id, policy.plan_code, feature_key, limits, n, amount);
+		Observe(d, started, false);
 		return DecisionDatum(fcinfo, d, amount_num);
 	}
 
@@ -511,6 +531,7 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 			d->allowed = true;
 			d->kind = DECISION_ALLOW;
 			d->requested = amount;
+			Observe(d, started, false);
 			return DecisionDatum(fcinfo, d, amount_num);
 		}
 	}
@@ -543,6 +564,7 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 			UndoLocalWrite(write);
 	}
 
+	Observe(d, started, true);
 	if (mode == CALL_ENFORCE && !d->allowed)
 		RaiseLimitExceeded(d);
 	if (d->recorded && d->kind == DECISION_SOFT_LIMIT)

@@ -12,6 +12,7 @@
 #include "storage/ipc.h"
 #include "utils/guc.h"
 
+#include "metrics.h"
 #include "usage_guard.h"
 
 PG_MODULE_MAGIC;
@@ -35,6 +36,7 @@ ShmemRequest(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	CountersShmemRequest();
+	MetricsShmemRequest();
 }
 
 static void
@@ -43,6 +45,7 @@ ShmemStartup(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	CountersShmemStartup();
+	MetricsShmemStartup();
 }
 
 /* Register GUCs, hooks and callbacks */
@@ -56,6 +59,15 @@ _PG_init(void)
 							 SOFT_LIMIT_WARN,
 							 soft_limit_mode_options,
 							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("usage_guard.log_limit_hits",
+							 "Write one structured JSON line to the server log for every soft or hard limit hit of usage_consume, usage_enforce or a metered table.",
+							 NULL,
+							 &usage_guard_log_limit_hits,
+							 true,
+							 PGC_SUSET,
 							 0,
 							 NULL, NULL, NULL);
 
