@@ -61,3 +61,97 @@ BEGIN ATOMIC
 END;
 COMMENT ON FUNCTION usage_guard.metrics_text() IS
     'The metrics in the Prometheus text exposition format (for prometheus-postgres-exporter or a scrape endpoint)';
+
+-- Windows as SQL sees them: the same computation as the decisions'.
+CREATE FUNCTION usage_guard.window_of(
+    period       text,
+    at           timestamptz,
+    period_start timestamptz DEFAULT NULL,
+    period_end   timestamptz DEFAULT NULL,
+    OUT window_start timestamptz,
+    OUT window_end   timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'usage_guard_window_of'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION usage_guard.window_of(text, timestamptz, timestamptz, timestamptz) IS
+    'The [window_start, window_end) of a period kind containing at (UTC); billing_period needs the subscription''s current_period_start and current_period_end';
+
+-- Rollups for dashboards and reports, refreshed by refresh_rollups() (the
+-- unique indexes are what REFRESH ... CONCURRENTLY needs).  Derived: not
+-- dumped, refresh after a restore.
+CREATE MATERIALIZED VIEW usage_guard.usage_daily AS
+SELECT tenant_id, feature_key, (occurred_at AT TIME ZONE 'UTC')::date AS day,
+       sum(amount) AS total, count(*) AS events
+  FROM usage_guard.usage_events
+ GROUP BY 1, 2, 3;
+CREATE UNIQUE INDEX usage_daily_key ON usage_guard.usage_daily (tenant_id, feature_key, day);
+COMMENT ON MATERIALIZED VIEW usage_guard.usage_daily IS
+    'Rollup: usage and event count per tenant, feature and UTC day; as of the last usage_guard.refresh_rollups()';
+
+CREATE MATERIALIZED VIEW usage_guard.usage_monthly AS
+SELECT tenant_id, feature_key, date_trunc('month', occurred_at AT TIME ZONE 'UTC')::date AS month,
+       sum(amount) AS total, count(*) AS events
+  FROM usage_guard.usage_events
+ GROUP BY 1, 2, 3;
+CREATE UNIQUE INDEX usage_monthly_key ON usage_guard.usage_monthly (tenant_id, feature_key, month);
+COMMENT ON MATERIALIZED VIEW usage_guard.usage_monthly IS
+    'Rollup: usage and event count per tenant, feature and UTC calendar month; as of the last usage_guard.refresh_rollups()';
+
+CREATE FUNCTION usage_guard.refresh_rollups(concurrently boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_concurrently ALIAS FOR $1;
+BEGIN
+    IF p_concurrently IS NULL THEN
+        RAISE EXCEPTION 'concurrently must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_concurrently THEN
+        REFRESH MATERIALIZED VIEW CONCURRENTLY usage_guard.usage_daily;
+        REFRESH MATERIALIZED VIEW CONCURRENTLY usage_guard.usage_monthly;
+    ELSE
+        REFRESH MATERIALIZED VIEW usage_guard.usage_daily;
+        REFRESH MATERIALIZED VIEW usage_guard.usage_monthly;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.refresh_rollups(boolean) IS
+    'Refreshes usage_daily and usage_monthly from the ledger (CONCURRENTLY by default: readers are not blocked)';
+
+-- Per active subscription and feature window: current usage against the
+-- limits in force (plan, or an unexpired override), from the ledger.
+CREATE VIEW usage_guard.subscription_usage AS
+WITH limits AS (
+    SELECT s.tenant_id, s.plan_code, s.status, s.current_period_start, s.current_period_end,
+           pf.feature_key, pf.period::text AS period, pf.soft_limit::numeric AS soft_limit,
+           pf.hard_limit::numeric AS hard_limit, 'plan'::text AS limit_source
+      FROM usage_guard.tenant_subscriptions s
+      JOIN usage_guard.plan_features pf ON pf.plan_code = s.plan_code
+     WHERE s.status IN ('active', 'trialing')
+       AND NOT EXISTS (SELECT 1 FROM usage_guard.tenant_overrides o
+                        WHERE o.tenant_id = s.tenant_id AND o.feature_key = pf.feature_key
+                          AND o.period = pf.period AND (o.expires_at IS NULL OR o.expires_at > now()))
+    UNION ALL
+    SELECT s.tenant_id, s.plan_code, s.status, s.current_period_start, s.current_period_end,
+           o.feature_key, o.period::text, o.soft_limit::numeric, o.hard_limit::numeric, 'override'
+      FROM usage_guard.tenant_subscriptions s
+      JOIN usage_guard.tenant_overrides o ON o.tenant_id = s.tenant_id
+     WHERE s.status IN ('active', 'trialing') AND (o.expires_at IS NULL OR o.expires_at > now())
+)
+SELECT l.tenant_id, l.plan_code, l.status, l.feature_key, f.unit, l.period,
+       w.window_start, w.window_end, u.usage, l.soft_limit, l.hard_limit,
+       CASE WHEN coalesce(l.hard_limit, l.soft_limit) IS NOT NULL
+            THEN greatest(coalesce(l.hard_limit, l.soft_limit) - u.usage, 0) END AS remaining,
+       round(100 * u.usage / nullif(coalesce(l.hard_limit, l.soft_limit), 0), 2) AS percent_used,
+       l.limit_source
+  FROM limits l
+  JOIN usage_guard.features f ON f.feature_key = l.feature_key
+ CROSS JOIN LATERAL usage_guard.window_of(l.period, now(), l.current_period_start, l.current_period_end) w
+ CROSS JOIN LATERAL (SELECT coalesce(sum(e.amount), 0) AS usage
+                       FROM usage_guard.usage_events e
+                      WHERE e.tenant_id = l.tenant_id AND e.feature_key = l.feature_key
+                        AND e.occurred_at >= w.window_start AND e.occurred_at < w.window_end) u;
+COMMENT ON VIEW usage_guard.subscription_usage IS
+    'Per active (or trialing) subscription, feature and limit window: committed usage in the current window, soft and hard limits in force (plan or unexpired override), remaining and percent used (of the hard limit, else the soft one)';

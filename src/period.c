@@ -9,6 +9,10 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/timestamp.h"
 
@@ -194,4 +198,57 @@ PeriodWindow(PeriodKind kind, const Policy *policy, TimestampTz at,
 		case PERIOD_KINDS:
 			elog(ERROR, "invalid period kind");
 	}
+}
+
+PG_FUNCTION_INFO_V1(usage_guard_window_of);
+/* usage_guard.window_of(period, at, period_start, period_end): the window containing at */
+Datum
+usage_guard_window_of(PG_FUNCTION_ARGS)
+{
+	PeriodKind	kind;
+	Policy		policy;
+	TimestampTz at;
+	TimestampTz start;
+	TimestampTz end;
+	TupleDesc	tupdesc;
+	Datum		values[2];
+	bool		nulls[2] = {0};
+	char	   *name;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("period and at must not be NULL")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (!PeriodKindFromName(name, &kind))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown period \"%s\"", name),
+				 errhint("Periods are hour, day, week, month and billing_period.")));
+	at = PG_GETARG_TIMESTAMPTZ(1);
+	if (TIMESTAMP_NOT_FINITE(at))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("at must be finite")));
+	memset(&policy, 0, sizeof(policy));
+	if (kind == PERIOD_BILLING)
+	{
+		if (PG_ARGISNULL(2) || TIMESTAMP_NOT_FINITE(PG_GETARG_TIMESTAMPTZ(2)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("billing_period needs a finite period_start")));
+		policy.period_start = PG_GETARG_TIMESTAMPTZ(2);
+		policy.period_end = PG_ARGISNULL(3) ? DT_NOEND : PG_GETARG_TIMESTAMPTZ(3);
+		if (policy.period_end != DT_NOEND && policy.period_end <= policy.period_start)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("period_end must be after period_start")));
+	}
+	PeriodWindow(kind, &policy, at, &start, &end);
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	values[0] = TimestampTzGetDatum(start);
+	values[1] = TimestampTzGetDatum(end);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
 }
