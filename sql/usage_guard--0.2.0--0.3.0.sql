@@ -155,3 +155,90 @@ SELECT l.tenant_id, l.plan_code, l.status, l.feature_key, f.unit, l.period,
                         AND e.occurred_at >= w.window_start AND e.occurred_at < w.window_end) u;
 COMMENT ON VIEW usage_guard.subscription_usage IS
     'Per active (or trialing) subscription, feature and limit window: committed usage in the current window, soft and hard limits in force (plan or unexpired override), remaining and percent used (of the hard limit, else the soft one)';
+
+-- Periodic work on pg_cron.  Decisions need none (live counters are kept
+-- in step by every write); the rollups do.  Called through EXECUTE so that
+-- usage_guard installs and works without pg_cron.
+CREATE FUNCTION usage_guard.require_pg_cron()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') THEN
+        RAISE EXCEPTION 'pg_cron is not installed in this database'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'usage_guard works without pg_cron; only its scheduled maintenance needs it.',
+                  HINT = 'Add pg_cron to shared_preload_libraries, set cron.database_name to this database, restart, then CREATE EXTENSION pg_cron.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.require_pg_cron() IS
+    'Internal: raises 55000 with instructions when pg_cron is not installed in this database';
+
+CREATE FUNCTION usage_guard.schedule_maintenance(refresh_every interval DEFAULT '5 minutes')
+RETURNS TABLE (job_name text, schedule text, command text, jobid bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_every ALIAS FOR $1;
+    v_seconds numeric;
+    v_minutes bigint;
+    v_schedule text;
+    v_job text := 'usage_guard_refresh_rollups';
+    v_command text := 'SELECT usage_guard.refresh_rollups()';
+    v_id bigint;
+BEGIN
+    IF p_every IS NULL THEN
+        RAISE EXCEPTION 'refresh_every must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM usage_guard.require_pg_cron();
+    v_seconds := extract(epoch FROM p_every);
+    v_minutes := floor(v_seconds / 60);
+    IF v_seconds <> v_minutes * 60 OR v_minutes < 1 THEN
+        RAISE EXCEPTION 'refresh_every must be a whole number of minutes, at least 1'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'pg_cron runs a job at most once a minute: e.g. ''1 minute'', ''5 minutes'', ''1 hour''.';
+    END IF;
+    v_schedule := CASE
+        WHEN v_minutes = 1 THEN '* * * * *'
+        WHEN v_minutes < 60 AND 60 % v_minutes = 0 THEN format('*/%s * * * *', v_minutes)
+        WHEN v_minutes = 60 THEN '0 * * * *'
+        WHEN v_minutes < 1440 AND v_minutes % 60 = 0 AND 24 % (v_minutes / 60) = 0
+            THEN format('0 */%s * * *', v_minutes / 60)
+        WHEN v_minutes = 1440 THEN '0 0 * * *'
+    END;
+    IF v_schedule IS NULL THEN
+        RAISE EXCEPTION 'refresh_every must divide an hour or a day evenly'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use e.g. ''5 minutes'', ''15 minutes'', ''2 hours'' or ''1 day''.';
+    END IF;
+    -- pg_cron updates a job of the same name: calling again just reschedules
+    EXECUTE format('SELECT cron.schedule(%L, %L, %L)', v_job, v_schedule, v_command) INTO v_id;
+    RETURN QUERY SELECT v_job, v_schedule, v_command, v_id;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.schedule_maintenance(interval) IS
+    'Creates or updates the pg_cron job that refreshes the rollups every refresh_every (whole minutes dividing an hour or a day); needs pg_cron in this database';
+
+CREATE FUNCTION usage_guard.unschedule_maintenance()
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_id bigint;
+    n integer := 0;
+BEGIN
+    PERFORM usage_guard.require_pg_cron();
+    FOR v_id IN EXECUTE 'SELECT jobid FROM cron.job WHERE jobname LIKE ''usage\_guard\_%'''
+    LOOP
+        EXECUTE 'SELECT cron.unschedule($1)' USING v_id;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.unschedule_maintenance() IS
+    'Removes usage_guard''s pg_cron jobs; returns how many';
