@@ -242,3 +242,197 @@ END
 $$;
 COMMENT ON FUNCTION usage_guard.unschedule_maintenance() IS
     'Removes usage_guard''s pg_cron jobs; returns how many';
+
+-- Entitlement sync from the operators' JSON artifact (format: README,
+-- example: docs/usage-entitlements.example.json).  Validates everything
+-- first (errors name the JSON path), then applies inserts, updates and,
+-- with prune_missing, deletes of plan_features for the plans it covers.
+CREATE FUNCTION usage_guard.sync_entitlements(
+    artifact                jsonb,
+    plans                   text[] DEFAULT NULL,
+    dry_run                 boolean DEFAULT false,
+    prune_missing           boolean DEFAULT false,
+    allow_disabled_artifact boolean DEFAULT false)
+RETURNS TABLE (action text, plan_code text, feature_key text, period text,
+               old_soft_limit numeric, old_hard_limit numeric,
+               new_soft_limit numeric, new_hard_limit numeric)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_artifact ALIAS FOR $1;
+    p_plans    ALIAS FOR $2;
+    p_dry_run  ALIAS FOR $3;
+    p_prune    ALIAS FOR $4;
+    p_allow    ALIAS FOR $5;
+    desired    jsonb := '[]';
+    plan_item  jsonb;
+    feat       jsonb;
+    i          bigint;
+    j          bigint;
+    path       text;
+    v_plan     text;
+    v_feature  text;
+    v_period   text;
+    v_soft     numeric;
+    v_hard     numeric;
+    seen       text[] := '{}';
+    covered    text[] := '{}';
+    missing    text;
+BEGIN
+    IF p_artifact IS NULL OR p_dry_run IS NULL OR p_prune IS NULL OR p_allow IS NULL THEN
+        RAISE EXCEPTION 'artifact, dry_run, prune_missing and allow_disabled_artifact must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF jsonb_typeof(p_artifact) <> 'object' THEN
+        RAISE EXCEPTION 'invalid entitlements artifact at $: must be a JSON object'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_artifact ? 'guardrails_enabled' AND jsonb_typeof(p_artifact -> 'guardrails_enabled') <> 'boolean' THEN
+        RAISE EXCEPTION 'invalid entitlements artifact at guardrails_enabled: must be true or false'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (p_artifact ->> 'guardrails_enabled') = 'false' AND NOT p_allow THEN
+        RAISE EXCEPTION 'the entitlements artifact was generated with guardrails disabled'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Pass allow_disabled_artifact => true to apply it anyway.';
+    END IF;
+    IF jsonb_typeof(p_artifact -> 'plans') IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'invalid entitlements artifact at plans: must be an array'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    FOR plan_item, i IN SELECT e, n - 1 FROM jsonb_array_elements(p_artifact -> 'plans') WITH ORDINALITY AS a(e, n)
+    LOOP
+        path := format('plans[%s]', i);
+        IF jsonb_typeof(plan_item) <> 'object' THEN
+            RAISE EXCEPTION 'invalid entitlements artifact at %: must be an object', path
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF jsonb_typeof(plan_item -> 'plan_code') IS DISTINCT FROM 'string' OR plan_item ->> 'plan_code' = '' THEN
+            RAISE EXCEPTION 'invalid entitlements artifact at %.plan_code: must be a non-empty string', path
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_plan := plan_item ->> 'plan_code';
+        IF v_plan = ANY (covered) THEN
+            RAISE EXCEPTION 'invalid entitlements artifact at %.plan_code: plan "%" appears twice', path, v_plan
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF p_plans IS NOT NULL AND NOT v_plan = ANY (p_plans) THEN
+            CONTINUE;
+        END IF;
+        covered := covered || v_plan;
+        IF NOT EXISTS (SELECT 1 FROM usage_guard.plans p WHERE p.plan_code = v_plan) THEN
+            RAISE EXCEPTION 'plan "%" (at %.plan_code) does not exist', v_plan, path
+                USING ERRCODE = 'undefined_object',
+                      HINT = 'Create plans first (INSERT INTO usage_guard.plans); the artifact only carries their limits.';
+        END IF;
+        IF jsonb_typeof(plan_item -> 'features') IS DISTINCT FROM 'array' THEN
+            RAISE EXCEPTION 'invalid entitlements artifact at %.features: must be an array', path
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        FOR feat, j IN SELECT e, n - 1 FROM jsonb_array_elements(plan_item -> 'features') WITH ORDINALITY AS a(e, n)
+        LOOP
+            path := format('plans[%s].features[%s]', i, j);
+            IF jsonb_typeof(feat) <> 'object' THEN
+                RAISE EXCEPTION 'invalid entitlements artifact at %: must be an object', path
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF jsonb_typeof(feat -> 'feature_key') IS DISTINCT FROM 'string' THEN
+                RAISE EXCEPTION 'invalid entitlements artifact at %.feature_key: must be a string', path
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            v_feature := feat ->> 'feature_key';
+            IF NOT EXISTS (SELECT 1 FROM usage_guard.features f WHERE f.feature_key = v_feature) THEN
+                RAISE EXCEPTION 'feature "%" (at %.feature_key) does not exist', v_feature, path
+                    USING ERRCODE = 'undefined_object',
+                          HINT = 'Features are rows of usage_guard.features.';
+            END IF;
+            v_period := coalesce(feat ->> 'period', 'billing_period');
+            IF (feat ? 'period' AND jsonb_typeof(feat -> 'period') <> 'string')
+               OR v_period NOT IN ('hour', 'day', 'week', 'month', 'billing_period') THEN
+                RAISE EXCEPTION 'invalid entitlements artifact at %.period: must be hour, day, week, month or billing_period', path
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF format('%s/%s/%s', v_plan, v_feature, v_period) = ANY (seen) THEN
+                RAISE EXCEPTION 'invalid entitlements artifact at %: feature "%" with period "%" appears twice in plan "%"',
+                                path, v_feature, v_period, v_plan
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            seen := seen || format('%s/%s/%s', v_plan, v_feature, v_period);
+            FOREACH missing IN ARRAY ARRAY['soft_limit', 'hard_limit']
+            LOOP
+                IF coalesce(jsonb_typeof(feat -> missing), 'null') NOT IN ('null', 'number')
+                   OR (feat ->> missing)::numeric < 0 OR (feat ->> missing)::numeric > 1e15
+                   OR (feat ->> missing)::numeric <> round((feat ->> missing)::numeric, 12) THEN
+                    RAISE EXCEPTION 'invalid entitlements artifact at %.%: must be null (unlimited) or a number from 0 to 1e15 with at most 12 decimals', path, missing
+                        USING ERRCODE = 'invalid_parameter_value';
+                END IF;
+            END LOOP;
+            v_soft := (feat ->> 'soft_limit')::numeric;
+            v_hard := (feat ->> 'hard_limit')::numeric;
+            IF v_soft > v_hard THEN
+                RAISE EXCEPTION 'invalid entitlements artifact at %.soft_limit: % is above hard_limit %', path, v_soft, v_hard
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            desired := desired || jsonb_build_array(jsonb_build_object(
+                'plan_code', v_plan, 'feature_key', v_feature, 'period', v_period,
+                'soft_limit', v_soft, 'hard_limit', v_hard));
+        END LOOP;
+    END LOOP;
+
+    SELECT p INTO missing FROM unnest(p_plans) AS p WHERE NOT p = ANY (covered) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'plan "%" is not in the entitlements artifact', missing
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- the changes, computed once; applied unless this is a dry run
+    CREATE TEMP TABLE IF NOT EXISTS usage_guard_sync_changes (
+        action text, plan_code text, feature_key text, period text,
+        old_soft_limit numeric, old_hard_limit numeric, new_soft_limit numeric, new_hard_limit numeric
+    ) ON COMMIT DROP;
+    TRUNCATE usage_guard_sync_changes;
+    INSERT INTO usage_guard_sync_changes
+    SELECT CASE WHEN pf.plan_code IS NULL THEN 'insert' ELSE 'update' END,
+           d.plan_code, d.feature_key, d.period,
+           pf.soft_limit, pf.hard_limit, d.soft_limit, d.hard_limit
+      FROM jsonb_to_recordset(desired) AS d(plan_code text, feature_key text, period text,
+                                            soft_limit numeric, hard_limit numeric)
+      LEFT JOIN usage_guard.plan_features pf
+             ON pf.plan_code = d.plan_code AND pf.feature_key = d.feature_key AND pf.period = d.period
+     WHERE pf.plan_code IS NULL
+        OR pf.soft_limit IS DISTINCT FROM d.soft_limit OR pf.hard_limit IS DISTINCT FROM d.hard_limit;
+    IF p_prune THEN
+        INSERT INTO usage_guard_sync_changes
+        SELECT 'delete', pf.plan_code, pf.feature_key, pf.period, pf.soft_limit, pf.hard_limit, NULL, NULL
+          FROM usage_guard.plan_features pf
+         WHERE pf.plan_code = ANY (covered)
+           AND NOT EXISTS (SELECT 1 FROM jsonb_to_recordset(desired) AS d(plan_code text, feature_key text, period text)
+                            WHERE d.plan_code = pf.plan_code AND d.feature_key = pf.feature_key AND d.period = pf.period);
+    END IF;
+
+    IF NOT p_dry_run THEN
+        INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, soft_limit, hard_limit)
+        SELECT c.plan_code, c.feature_key, c.period, c.new_soft_limit, c.new_hard_limit
+          FROM usage_guard_sync_changes c WHERE c.action = 'insert';
+        UPDATE usage_guard.plan_features pf
+           SET soft_limit = c.new_soft_limit, hard_limit = c.new_hard_limit, updated_at = now()
+          FROM usage_guard_sync_changes c
+         WHERE c.action = 'update' AND pf.plan_code = c.plan_code
+           AND pf.feature_key = c.feature_key AND pf.period = c.period;
+        DELETE FROM usage_guard.plan_features pf
+         USING usage_guard_sync_changes c
+         WHERE c.action = 'delete' AND pf.plan_code = c.plan_code
+           AND pf.feature_key = c.feature_key AND pf.period = c.period;
+    END IF;
+
+    RETURN QUERY SELECT c.action, c.plan_code, c.feature_key, c.period, c.old_soft_limit,
+                        c.old_hard_limit, c.new_soft_limit, c.new_hard_limit
+                   FROM usage_guard_sync_changes c
+                  ORDER BY c.plan_code, c.feature_key, c.period;
+    TRUNCATE usage_guard_sync_changes;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.sync_entitlements(jsonb, text[], boolean, boolean, boolean) IS
+    'Upserts plan_features from the entitlements artifact (only the listed plans when plans is given); one row per insert/update/delete with old and new limits; dry_run changes nothing; prune_missing deletes features of the covered plans absent from the artifact';
