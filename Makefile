@@ -14,7 +14,7 @@ PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-f
 DATA = $(wildcard sql/$(EXTENSION)--*.sql)
 
 REGRESS = setup catalog check consume record periods billing overrides \
-          idempotency soft_mode errors totals meter_table counters metrics rollups maintenance sync upgrade
+          idempotency soft_mode errors totals meter_table counters metrics rollups maintenance sync reports upgrade
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/usage_guard.conf
 
 ISOLATION = consume_last_unit reload_after_restart catalog_change

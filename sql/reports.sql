@@ -1,0 +1,69 @@
+-- usage_status, usage_report (rows, JSON, CSV), top_consumers,
+-- usage_anomalies and reset_usage.
+SET timezone = 'UTC';
+SET datestyle = 'ISO, YMD';
+
+INSERT INTO usage_guard.features (feature_key, unit) VALUES ('rep_msgs', 'message'), ('rep_tokens', 'token');
+INSERT INTO usage_guard.plans (plan_code) VALUES ('rep_free'), ('rep_pro');
+INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, soft_limit, hard_limit) VALUES
+    ('rep_free', 'rep_msgs', 'day', 8, 10), ('rep_free', 'rep_msgs', 'month', NULL, 100),
+    ('rep_free', 'rep_tokens', 'month', 800, 1000),
+    ('rep_pro', 'rep_msgs', 'day', NULL, 1000), ('rep_pro', 'rep_tokens', 'month', NULL, NULL);
+INSERT INTO usage_guard.tenant_subscriptions (tenant_id, plan_code) VALUES
+    ('rep-a', 'rep_free'), ('rep-b', 'rep_free'), ('rep-c', 'rep_pro'), ('rep-idle', 'rep_free');
+INSERT INTO usage_guard.tenant_subscriptions (tenant_id, plan_code, status) VALUES ('rep-gone', 'rep_free', 'canceled');
+SELECT count(*) FROM (
+    SELECT usage_guard.usage_record('rep-a', 'rep_msgs', 1, '2025-11-18 09:00+00'::timestamptz + i * interval '1 minute') FROM generate_series(1, 9) i
+    UNION ALL SELECT usage_guard.usage_record('rep-a', 'rep_tokens', 850, '2025-11-10 12:00+00')
+    UNION ALL SELECT usage_guard.usage_record('rep-b', 'rep_msgs', 3, '2025-11-17 12:00+00')
+    UNION ALL SELECT usage_guard.usage_record('rep-b', 'rep_msgs', 10, '2025-11-18 08:00+00')
+    UNION ALL SELECT usage_guard.usage_record('rep-c', 'rep_msgs', 40, '2025-11-18 09:30+00')
+    UNION ALL SELECT usage_guard.usage_record('rep-c', 'rep_tokens', 5000, '2025-10-31 23:00+00')) x;
+
+-- status: every limited window, with when it resets
+SELECT * FROM usage_guard.usage_status('rep-a', '2025-11-18 12:00+00');
+SELECT feature_key, period, usage, status FROM usage_guard.usage_status('rep-idle', '2025-11-18 12:00+00');
+SELECT usage_guard.usage_status('rep-gone', '2025-11-18 12:00+00');
+SELECT usage_guard.usage_status('nobody');
+
+-- report over November: every subscribed tenant, zero usage included
+SELECT tenant_id, plan_code, feature_key, usage, events, limit_period, soft_limit, hard_limit, remaining, percent_used, status
+  FROM usage_guard.usage_report(period_start => '2025-11-01', period_end => '2025-12-01')
+ WHERE tenant_id LIKE 'rep-%';
+SELECT tenant_id, feature_key, usage, status
+  FROM usage_guard.usage_report('rep-a', period_start => '2025-11-01', period_end => '2025-12-01',
+                                features => ARRAY['rep_tokens'], warn_threshold => 0.5);
+SELECT tenant_id, feature_key, usage FROM usage_guard.usage_report(plan_code => 'rep_pro', period_start => '2025-10-01', period_end => '2025-11-01');
+-- a period that spans a plan change: usage of the whole period, limits in force at its end
+UPDATE usage_guard.tenant_subscriptions SET plan_code = 'rep_pro' WHERE tenant_id = 'rep-b';
+SELECT tenant_id, plan_code, feature_key, usage, hard_limit, status
+  FROM usage_guard.usage_report('rep-b', period_start => '2025-11-17', period_end => '2025-11-19');
+-- JSON artifact and CSV
+SELECT jsonb_pretty(usage_guard.usage_report_json('rep-c', period_start => '2025-11-01', period_end => '2025-12-01') - 'generated_at');
+COPY (SELECT tenant_id, feature_key, usage, status FROM usage_guard.usage_report(plan_code => 'rep_free', period_start => '2025-11-01', period_end => '2025-12-01')) TO STDOUT WITH CSV HEADER;
+-- bad calls
+SELECT try($$SELECT * FROM usage_guard.usage_report()$$);
+SELECT try($$SELECT * FROM usage_guard.usage_report(period_start => '2025-12-01', period_end => '2025-11-01')$$);
+SELECT try($$SELECT * FROM usage_guard.usage_report(plan_code => 'gold', period_start => '2025-11-01', period_end => '2025-12-01')$$);
+SELECT try($$SELECT * FROM usage_guard.usage_report(period_start => '2025-11-01', period_end => '2025-12-01', warn_threshold => 2)$$);
+
+-- top consumers and anomalies (against the same hours a day earlier)
+SELECT count(*) FROM (
+    SELECT usage_guard.usage_record('rep-a', 'rep_msgs', 1, now() - interval '10 minutes')
+    UNION ALL SELECT usage_guard.usage_record('rep-c', 'rep_msgs', 30, now() - interval '20 minutes')
+    UNION ALL SELECT usage_guard.usage_record('rep-c', 'rep_msgs', 5, now() - interval '1 day 20 minutes')
+    UNION ALL SELECT usage_guard.usage_record('rep-b', 'rep_msgs', 4, now() - interval '30 minutes')
+    UNION ALL SELECT usage_guard.usage_record('rep-b', 'rep_msgs', 4, now() - interval '1 day 30 minutes')) x;
+SELECT rank, tenant_id, plan_code, usage, events, share FROM usage_guard.top_consumers('rep_msgs', '1 hour', 2);
+SELECT tenant_id, feature_key, recent_usage, baseline_usage, ratio
+  FROM usage_guard.usage_anomalies('rep_msgs', '1 hour', 3) WHERE tenant_id LIKE 'rep-%';
+SELECT try($$SELECT * FROM usage_guard.top_consumers('nope', '1 hour', 5)$$);
+SELECT try($$SELECT * FROM usage_guard.top_consumers('rep_msgs', '-1 hour', 5)$$);
+
+-- an admin reset is an audited adjustment: history stays
+SELECT * FROM usage_guard.reset_usage('rep-a', 'rep_msgs', 'support ticket 42', at => '2025-11-18 12:00+00');
+SELECT feature_key, period, usage, status FROM usage_guard.usage_status('rep-a', '2025-11-18 12:00+00') WHERE feature_key = 'rep_msgs';
+SELECT amount, kind, attributes - 'by' AS attributes FROM usage_guard.usage_events WHERE tenant_id = 'rep-a' AND kind = 'adjustment';
+SELECT count(*) AS history_kept FROM usage_guard.usage_events WHERE tenant_id = 'rep-a' AND kind = 'record';
+SELECT try($$SELECT * FROM usage_guard.reset_usage('rep-a', 'rep_msgs')$$);
+SELECT try($$SELECT * FROM usage_guard.reset_usage('rep-a', 'rep_msgs', 'x', 'year')$$);
