@@ -38,3 +38,15 @@ isolation:
 	$(pg_isolation_regress_installcheck) $(ISOLATION_OPTS) $(ISOLATION)
 tap:
 	$(prove_installcheck)
+
+# The operators' command line (C, libpq), installed next to psql.
+PG_INCLUDEDIR := $(shell $(PG_CONFIG) --includedir)
+PG_LIBDIR := $(shell $(PG_CONFIG) --libdir)
+all: usage_guard_ctl
+usage_guard_ctl: cli/usage_guard_ctl.c
+	$(CC) $(CFLAGS) -Wall -Wextra -Wno-unused-parameter -I$(PG_INCLUDEDIR) -o $@ $< -L$(PG_LIBDIR) -lpq
+install: install-ctl
+.PHONY: install-ctl
+install-ctl: usage_guard_ctl
+	$(INSTALL_PROGRAM) usage_guard_ctl '$(DESTDIR)$(bindir)/usage_guard_ctl'
+EXTRA_CLEAN += usage_guard_ctl
