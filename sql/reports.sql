@@ -38,6 +38,9 @@ SELECT tenant_id, feature_key, usage FROM usage_guard.usage_report(plan_code => 
 UPDATE usage_guard.tenant_subscriptions SET plan_code = 'rep_pro' WHERE tenant_id = 'rep-b';
 SELECT tenant_id, plan_code, feature_key, usage, hard_limit, status
   FROM usage_guard.usage_report('rep-b', period_start => '2025-11-17', period_end => '2025-11-19');
+-- an empty period: every row, usage 0
+SELECT tenant_id, feature_key, usage, events, status
+  FROM usage_guard.usage_report(plan_code => 'rep_free', period_start => '2020-01-01', period_end => '2020-02-01');
 -- JSON artifact and CSV
 SELECT jsonb_pretty(usage_guard.usage_report_json('rep-c', period_start => '2025-11-01', period_end => '2025-12-01') - 'generated_at');
 COPY (SELECT tenant_id, feature_key, usage, status FROM usage_guard.usage_report(plan_code => 'rep_free', period_start => '2025-11-01', period_end => '2025-12-01')) TO STDOUT WITH CSV HEADER;
