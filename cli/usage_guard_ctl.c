@@ -67,6 +67,23 @@ die(int code, const char *fmt,...)
 	exit(code);
 }
 
+/* Append a repeatable option's value (--plan, --feature) */
+static void
+append_value(char **list, int *n, const char *option, char *value)
+{
+	if (*n == MAX_LIST)
+		die(EXIT_USAGE, "too many %s options", option);
+	list[(*n)++] = value;
+}
+
+/* A subcommand takes options only */
+static void
+no_arguments_left(int argc, char **argv)
+{
+	if (optind < argc)
+		die(EXIT_USAGE, "unexpected argument \"%s\"", argv[optind]);
+}
+
 /* A PostgreSQL array literal of text values: {"a","b"} with escapes */
 static char *
 text_array(char **items, int n)
@@ -227,9 +244,7 @@ sync_entitlements(int argc, char **argv)
 				path = optarg;
 				break;
 			case 'P':
-				if (nplans == MAX_LIST)
-					die(EXIT_USAGE, "too many --plan options");
-				plans[nplans++] = optarg;
+				append_value(plans, &nplans, "--plan", optarg);
 				break;
 			case 'd':
 				dry_run = 1;
@@ -245,8 +260,7 @@ sync_entitlements(int argc, char **argv)
 				return EXIT_USAGE;
 		}
 	}
-	if (optind < argc)
-		die(EXIT_USAGE, "unexpected argument \"%s\"", argv[optind]);
+	no_arguments_left(argc, argv);
 
 	params[0] = read_file(path);
 	params[1] = nplans > 0 ? text_array(plans, nplans) : NULL;
@@ -314,9 +328,7 @@ export_report(int argc, char **argv)
 				params[3] = optarg;
 				break;
 			case 'f':
-				if (nfeatures == MAX_LIST)
-					die(EXIT_USAGE, "too many --feature options");
-				features[nfeatures++] = optarg;
+				append_value(features, &nfeatures, "--feature", optarg);
 				break;
 			case 'w':
 				params[5] = optarg;
@@ -338,8 +350,7 @@ export_report(int argc, char **argv)
 				return EXIT_USAGE;
 		}
 	}
-	if (optind < argc)
-		die(EXIT_USAGE, "unexpected argument \"%s\"", argv[optind]);
+	no_arguments_left(argc, argv);
 	if (params[2] == NULL || params[3] == NULL)
 		die(EXIT_USAGE, "--period-start and --period-end are required");
 	if (json_path == NULL && csv_path == NULL)
@@ -422,8 +433,7 @@ status(int argc, char **argv)
 				return EXIT_USAGE;
 		}
 	}
-	if (optind < argc)
-		die(EXIT_USAGE, "unexpected argument \"%s\"", argv[optind]);
+	no_arguments_left(argc, argv);
 	if (params[0] == NULL)
 		die(EXIT_USAGE, "--tenant is required");
 	res = run(

@@ -141,15 +141,22 @@ ToAmount(Numeric n)
 	return a;
 }
 
-/* The feature must exist and the subscription grant access */
+/* The feature of a policy must exist */
 static void
-RequireAccess(const Policy *policy)
+RequireFeature(const Policy *policy)
 {
 	if (!policy->feature_exists)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("unknown feature \"%s\"", policy->feature_key),
 				 errhint("Features are rows of usage_guard.features.")));
+}
+
+/* The feature must exist and the subscription grant access */
+static void
+RequireAccess(const Policy *policy)
+{
+	RequireFeature(policy);
 	if (!policy->has_subscription ||
 		(strcmp(policy->status, "active") != 0 && strcmp(policy->status, "trialing") != 0))
 	{
@@ -614,11 +621,7 @@ usage_record(PG_FUNCTION_ARGS)
 	bool		inserted;
 
 	GetPolicy(tenant_id, feature_key, &policy);
-	if (!policy.feature_exists)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("unknown feature \"%s\"", feature_key),
-				 errhint("Features are rows of usage_guard.features.")));
+	RequireFeature(&policy);
 
 	write = CountLedgerRow(tenant_id, feature_key, occurred_at, amount, key != NULL);
 	SPI_connect();
