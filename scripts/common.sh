@@ -20,7 +20,9 @@ as_owner() {
 # Debian packages this project needs to build, test and demo.
 ensure_prereqs() {
     local need=()
-    command -v pg_config >/dev/null 2>&1 && [ -f "$(pg_config --pgxs 2>/dev/null)" ] || need+=(postgresql-server-dev-15)
+    # pg_config and pgxs.mk ship with the client and server packages; only
+    # the server headers prove that postgresql-server-dev-15 is installed.
+    [ -f "$(pg_config_15 --includedir-server 2>/dev/null)/postgres.h" ] || need+=(postgresql-server-dev-15)
     [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
     [ -f /usr/share/postgresql/15/extension/pg_cron.control ] || need+=(postgresql-15-cron)
     perl -MIPC::Run -e1 >/dev/null 2>&1 || need+=(libipc-run-perl)
@@ -40,17 +42,28 @@ ensure_prereqs() {
     if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
         useradd --system --home /var/lib/postgresql --shell /bin/bash postgres
     fi
-    export PATH="$(pg_config --bindir):$PATH"
+    export PATH="$(pg_config_15 --bindir):$PATH"
+    export PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+}
+
+# PostgreSQL 15's own pg_config (Debian's /usr/bin/pg_config follows the
+# newest installed server, or libpq-dev's when there is none).
+pg_config_15() {
+    if [ -x /usr/lib/postgresql/15/bin/pg_config ]; then
+        /usr/lib/postgresql/15/bin/pg_config "$@"
+    else
+        pg_config "$@"
+    fi
 }
 
 build_install() {
     log "building and installing usage_guard"
-    make -C "$ROOT" -s clean >/dev/null
-    make -C "$ROOT" -s
+    make -C "$ROOT" -s clean PG_CONFIG="$PG_CONFIG" >/dev/null
+    make -C "$ROOT" -s PG_CONFIG="$PG_CONFIG"
     if [ "$(id -u)" = 0 ]; then
-        make -C "$ROOT" -s install >/dev/null
+        make -C "$ROOT" -s install PG_CONFIG="$PG_CONFIG" >/dev/null
     else
-        sudo make -C "$ROOT" -s install >/dev/null
+        sudo make -C "$ROOT" -s install PG_CONFIG="$PG_CONFIG" >/dev/null
     fi
 }
 
