@@ -1,0 +1,100 @@
+-- usage_guard decisions: the calls an application makes, in C.
+--
+-- Owns the result type usage_decision, usage_check, usage_consume,
+-- usage_enforce and usage_record, and window_of (the decisions' window
+-- computation, for SQL).
+--
+-- Assembled by the Makefile into sql/usage_guard--<version>.sql in the order
+-- catalog, ledger, decisions, counters, reports, operations: every file
+-- uses only objects of the files before it.
+
+--------------------------------------------------------------------------
+-- Decisions
+--------------------------------------------------------------------------
+
+CREATE TYPE usage_guard.usage_decision AS (
+    allowed      boolean,
+    decision     text,
+    tenant_id    text,
+    plan_code    text,
+    feature_key  text,
+    period       text,
+    limit_type   text,
+    limit_value  numeric,
+    usage        numeric,
+    requested    numeric,
+    remaining    numeric,
+    window_start timestamptz,
+    window_end   timestamptz,
+    recorded     boolean
+);
+COMMENT ON TYPE usage_guard.usage_decision IS
+    'Result of usage_check/usage_consume/usage_enforce: decision allow|soft_limit|hard_limit for the deciding window; usage is before this request, remaining = limit_value - usage (never negative), recorded = this call wrote a ledger row';
+
+CREATE FUNCTION usage_guard.usage_check(
+    tenant_id   text,
+    feature_key text,
+    amount      numeric DEFAULT 1,
+    at          timestamptz DEFAULT now())
+RETURNS usage_guard.usage_decision
+AS 'MODULE_PATHNAME', 'usage_check'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION usage_guard.usage_check(text, text, numeric, timestamptz) IS
+    'Would consuming amount be allowed? Checks every window of the feature; no side effects';
+
+CREATE FUNCTION usage_guard.usage_consume(
+    tenant_id       text,
+    feature_key     text,
+    amount          numeric DEFAULT 1,
+    idempotency_key text DEFAULT NULL,
+    attributes      jsonb DEFAULT '{}',
+    at              timestamptz DEFAULT now())
+RETURNS usage_guard.usage_decision
+AS 'MODULE_PATHNAME', 'usage_consume'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION usage_guard.usage_consume(text, text, numeric, text, jsonb, timestamptz) IS
+    'Atomic check and record: writes the usage to the ledger only when allowed';
+
+CREATE FUNCTION usage_guard.usage_enforce(
+    tenant_id       text,
+    feature_key     text,
+    amount          numeric DEFAULT 1,
+    idempotency_key text DEFAULT NULL,
+    attributes      jsonb DEFAULT '{}',
+    at              timestamptz DEFAULT now())
+RETURNS usage_guard.usage_decision
+AS 'MODULE_PATHNAME', 'usage_enforce'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION usage_guard.usage_enforce(text, text, numeric, text, jsonb, timestamptz) IS
+    'Like usage_consume, but raises usage_limit_exceeded (SQLSTATE UG001) or usage_soft_limit_exceeded (UG002) when blocked';
+
+CREATE FUNCTION usage_guard.usage_record(
+    tenant_id       text,
+    feature_key     text,
+    amount          numeric,
+    occurred_at     timestamptz DEFAULT now(),
+    idempotency_key text DEFAULT NULL,
+    attributes      jsonb DEFAULT '{}')
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'usage_record'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION usage_guard.usage_record(text, text, numeric, timestamptz, text, jsonb) IS
+    'Records actual usage unconditionally (post-paid); false when the idempotency key was already recorded for the tenant';
+
+--------------------------------------------------------------------------
+-- Windows
+--------------------------------------------------------------------------
+
+-- Windows as SQL sees them: the same computation as the decisions'.
+CREATE FUNCTION usage_guard.window_of(
+    period       text,
+    at           timestamptz,
+    period_start timestamptz DEFAULT NULL,
+    period_end   timestamptz DEFAULT NULL,
+    OUT window_start timestamptz,
+    OUT window_end   timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'usage_guard_window_of'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION usage_guard.window_of(text, timestamptz, timestamptz, timestamptz) IS
+    'The [window_start, window_end) of a period kind containing at (UTC); billing_period needs the subscription''s current_period_start and current_period_end';

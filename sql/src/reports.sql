@@ -1,0 +1,435 @@
+-- usage_guard reports: the ledger read for people.
+--
+-- Owns totals over any window (get_usage_totals), the rollups (usage_daily,
+-- usage_monthly, refresh_rollups), a tenant's limit windows (limit_windows,
+-- the subscription_usage view, limit_status, usage_status) and the reports
+-- (usage_report, usage_report_json, top_consumers, usage_anomalies and the
+-- _rows functions that are their bodies).
+--
+-- Assembled by the Makefile into sql/usage_guard--<version>.sql in the order
+-- catalog, ledger, decisions, counters, reports, operations: every file
+-- uses only objects of the files before it.
+
+--------------------------------------------------------------------------
+-- Totals over any window
+--------------------------------------------------------------------------
+
+-- Totals over any window straight from the ledger's primary key (an
+-- index-only range scan per feature).
+CREATE FUNCTION usage_guard.get_usage_totals(
+    tenant_id    text,
+    window_start timestamptz,
+    window_end   timestamptz,
+    features     text[] DEFAULT NULL)
+RETURNS TABLE (feature_key text, unit text, total numeric, events bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_tenant   ALIAS FOR $1;
+    p_start    ALIAS FOR $2;
+    p_end      ALIAS FOR $3;
+    p_features ALIAS FOR $4;
+    missing    text;
+BEGIN
+    IF p_tenant IS NULL OR p_start IS NULL OR p_end IS NULL THEN
+        RAISE EXCEPTION 'tenant_id, window_start and window_end must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_tenant = '' THEN
+        RAISE EXCEPTION 'tenant_id must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT isfinite(p_start) OR NOT isfinite(p_end) THEN
+        RAISE EXCEPTION 'window bounds must be finite'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_start >= p_end THEN
+        RAISE EXCEPTION 'window_start must be before window_end'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('The window [%s, %s) is empty or reversed.', p_start, p_end),
+                  HINT = 'Windows are half-open: [window_start, window_end).';
+    END IF;
+    SELECT f INTO missing
+      FROM unnest(p_features) AS f
+     WHERE f IS NULL OR NOT EXISTS (SELECT 1 FROM usage_guard.features x WHERE x.feature_key = f)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'unknown feature "%"', coalesce(missing, 'NULL')
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Features are rows of usage_guard.features.';
+    END IF;
+
+    RETURN QUERY
+    SELECT f.feature_key, f.unit, coalesce(t.total, 0), coalesce(t.events, 0)
+      FROM usage_guard.features f
+      LEFT JOIN LATERAL (
+            SELECT sum(e.amount) AS total, count(*) AS events
+              FROM usage_guard.usage_events e
+             WHERE e.tenant_id = p_tenant AND e.feature_key = f.feature_key
+               AND e.occurred_at >= p_start AND e.occurred_at < p_end) t ON true
+     WHERE p_features IS NULL OR f.feature_key = ANY (p_features)
+     ORDER BY f.feature_key;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.get_usage_totals(text, timestamptz, timestamptz, text[]) IS
+    'Per-feature usage totals and event counts of a tenant over [window_start, window_end); every requested feature (all when features is NULL), zero when unused';
+
+--------------------------------------------------------------------------
+-- Rollups
+--------------------------------------------------------------------------
+
+-- Rollups for dashboards and reports, refreshed by refresh_rollups() (the
+-- unique indexes are what REFRESH ... CONCURRENTLY needs).  Derived: not
+-- dumped, refresh after a restore.
+CREATE MATERIALIZED VIEW usage_guard.usage_daily AS
+SELECT tenant_id, feature_key, (occurred_at AT TIME ZONE 'UTC')::date AS day,
+       sum(amount) AS total, count(*) AS events
+  FROM usage_guard.usage_events
+ GROUP BY 1, 2, 3;
+CREATE UNIQUE INDEX usage_daily_key ON usage_guard.usage_daily (tenant_id, feature_key, day);
+COMMENT ON MATERIALIZED VIEW usage_guard.usage_daily IS
+    'Rollup: usage and event count per tenant, feature and UTC day; as of the last usage_guard.refresh_rollups()';
+
+CREATE MATERIALIZED VIEW usage_guard.usage_monthly AS
+SELECT tenant_id, feature_key, date_trunc('month', occurred_at AT TIME ZONE 'UTC')::date AS month,
+       sum(amount) AS total, count(*) AS events
+  FROM usage_guard.usage_events
+ GROUP BY 1, 2, 3;
+CREATE UNIQUE INDEX usage_monthly_key ON usage_guard.usage_monthly (tenant_id, feature_key, month);
+COMMENT ON MATERIALIZED VIEW usage_guard.usage_monthly IS
+    'Rollup: usage and event count per tenant, feature and UTC calendar month; as of the last usage_guard.refresh_rollups()';
+
+CREATE FUNCTION usage_guard.refresh_rollups(concurrently boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_concurrently ALIAS FOR $1;
+BEGIN
+    IF p_concurrently IS NULL THEN
+        RAISE EXCEPTION 'concurrently must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_concurrently THEN
+        REFRESH MATERIALIZED VIEW CONCURRENTLY usage_guard.usage_daily;
+        REFRESH MATERIALIZED VIEW CONCURRENTLY usage_guard.usage_monthly;
+    ELSE
+        REFRESH MATERIALIZED VIEW usage_guard.usage_daily;
+        REFRESH MATERIALIZED VIEW usage_guard.usage_monthly;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.refresh_rollups(boolean) IS
+    'Refreshes usage_daily and usage_monthly from the ledger (CONCURRENTLY by default: readers are not blocked)';
+
+--------------------------------------------------------------------------
+-- Limit windows and status
+--------------------------------------------------------------------------
+
+-- A tenant's limit windows at an instant: the limits in force (plan, or an
+-- unexpired override), the window of each, and committed usage in it.
+CREATE FUNCTION usage_guard.limit_windows(tenant_id text, at timestamptz)
+RETURNS TABLE (tenant_id text, plan_code text, status text, feature_key text, unit text,
+               period text, window_start timestamptz, window_end timestamptz, usage numeric,
+               soft_limit numeric, hard_limit numeric, remaining numeric, percent_used numeric,
+               limit_source text)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    WITH s AS (
+        SELECT * FROM usage_guard.tenant_subscriptions t WHERE t.tenant_id = $1
+    ), limits AS (
+        SELECT s.tenant_id, s.plan_code, s.status, s.current_period_start, s.current_period_end,
+               pf.feature_key, pf.period::text AS period, pf.soft_limit::numeric AS soft_limit,
+               pf.hard_limit::numeric AS hard_limit, 'plan'::text AS limit_source
+          FROM s JOIN usage_guard.plan_features pf ON pf.plan_code = s.plan_code
+         WHERE NOT EXISTS (SELECT 1 FROM usage_guard.tenant_overrides o
+                            WHERE o.tenant_id = s.tenant_id AND o.feature_key = pf.feature_key
+                              AND o.period = pf.period AND (o.expires_at IS NULL OR o.expires_at > $2))
+        UNION ALL
+        SELECT s.tenant_id, s.plan_code, s.status, s.current_period_start, s.current_period_end,
+               o.feature_key, o.period::text, o.soft_limit::numeric, o.hard_limit::numeric, 'override'
+          FROM s JOIN usage_guard.tenant_overrides o ON o.tenant_id = s.tenant_id
+         WHERE o.expires_at IS NULL OR o.expires_at > $2
+    )
+    SELECT l.tenant_id, l.plan_code, l.status, l.feature_key, f.unit, l.period,
+           w.window_start, w.window_end, u.usage, l.soft_limit, l.hard_limit,
+           CASE WHEN coalesce(l.hard_limit, l.soft_limit) IS NOT NULL
+                THEN greatest(coalesce(l.hard_limit, l.soft_limit) - u.usage, 0) END,
+           round(100 * u.usage / nullif(coalesce(l.hard_limit, l.soft_limit), 0), 2),
+           l.limit_source
+      FROM limits l
+      JOIN usage_guard.features f ON f.feature_key = l.feature_key
+     CROSS JOIN LATERAL usage_guard.window_of(l.period, $2, l.current_period_start, l.current_period_end) w
+     CROSS JOIN LATERAL (SELECT coalesce(sum(e.amount), 0) AS usage
+                           FROM usage_guard.usage_events e
+                          WHERE e.tenant_id = l.tenant_id AND e.feature_key = l.feature_key
+                            AND e.occurred_at >= w.window_start AND e.occurred_at < w.window_end) u;
+END;
+COMMENT ON FUNCTION usage_guard.limit_windows(text, timestamptz) IS
+    'Internal: a tenant''s limits in force at an instant, with the window of each and its committed usage (any subscription status)';
+
+CREATE VIEW usage_guard.subscription_usage AS
+SELECT w.tenant_id, w.plan_code, w.status, w.feature_key, w.unit, w.period, w.window_start,
+       w.window_end, w.usage, w.soft_limit, w.hard_limit, w.remaining, w.percent_used, w.limit_source
+  FROM usage_guard.tenant_subscriptions s
+ CROSS JOIN LATERAL usage_guard.limit_windows(s.tenant_id, now()) w
+ WHERE s.status IN ('active', 'trialing');
+COMMENT ON VIEW usage_guard.subscription_usage IS
+    'Per active (or trialing) subscription, feature and limit window: committed usage in the current window, soft and hard limits in force (plan or unexpired override), remaining and percent used (of the hard limit, else the soft one)';
+
+-- ok / approaching / soft_limit / hard_limit for a usage against its limits
+CREATE FUNCTION usage_guard.limit_status(usage numeric, soft_limit numeric, hard_limit numeric,
+                                         warn_threshold numeric DEFAULT 0.8)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE
+    WHEN $3 IS NOT NULL AND $1 >= $3 THEN 'hard_limit'
+    WHEN $2 IS NOT NULL AND $1 > $2 THEN 'soft_limit'
+    WHEN coalesce($3, $2) IS NOT NULL AND $1 >= $4 * coalesce($3, $2) THEN 'approaching'
+    ELSE 'ok' END;
+COMMENT ON FUNCTION usage_guard.limit_status(numeric, numeric, numeric, numeric) IS
+    'hard_limit (usage reached the hard limit), soft_limit (over the soft limit), approaching (at least warn_threshold of the limit) or ok';
+
+CREATE FUNCTION usage_guard.usage_status(tenant_id text, at timestamptz DEFAULT now())
+RETURNS TABLE (feature_key text, unit text, period text, usage numeric, soft_limit numeric,
+               hard_limit numeric, remaining numeric, percent_used numeric, status text,
+               window_start timestamptz, window_end timestamptz, resets_at timestamptz,
+               limit_source text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_tenant ALIAS FOR $1;
+    p_at     ALIAS FOR $2;
+    v_status text;
+    v_plan   text;
+BEGIN
+    IF p_tenant IS NULL OR p_at IS NULL THEN
+        RAISE EXCEPTION 'tenant_id and at must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT s.status, s.plan_code INTO v_status, v_plan
+      FROM usage_guard.tenant_subscriptions s WHERE s.tenant_id = p_tenant;
+    IF NOT FOUND OR v_status NOT IN ('active', 'trialing') THEN
+        RAISE EXCEPTION 'tenant "%" has no active subscription', p_tenant
+            USING ERRCODE = 'UG003',
+                  DETAIL = jsonb_build_object('code', 'usage_policy_configuration_error',
+                                              'reason', CASE WHEN v_status IS NULL THEN 'no_subscription' ELSE 'subscription_inactive' END,
+                                              'tenant_id', p_tenant, 'plan_code', v_plan, 'status', v_status)::text,
+                  HINT = 'Only an active or trialing subscription has usage limits.';
+    END IF;
+    RETURN QUERY
+    SELECT w.feature_key, w.unit, w.period, w.usage, w.soft_limit, w.hard_limit, w.remaining,
+           w.percent_used, usage_guard.limit_status(w.usage, w.soft_limit, w.hard_limit),
+           w.window_start, w.window_end, w.window_end, w.limit_source
+      FROM usage_guard.limit_windows(p_tenant, p_at) w
+     ORDER BY w.feature_key, w.window_end - w.window_start, w.period;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.usage_status(text, timestamptz) IS
+    'Every limited window of a tenant''s features at an instant: committed usage, limits, remaining, status and when the window resets; UG003 without an active subscription';
+
+--------------------------------------------------------------------------
+-- Reports
+--------------------------------------------------------------------------
+
+-- Reports over any period: per subscribed tenant and feature of its plan
+-- (or overrides), the period's committed usage against the limit of the
+-- feature's longest window.
+CREATE FUNCTION usage_guard.usage_report_rows(
+    in_tenant_id text, in_plan_code text, in_period_start timestamptz,
+    in_period_end timestamptz, in_features text[], in_warn_threshold numeric)
+RETURNS TABLE (tenant_id text, plan_code text, feature_key text, unit text,
+               period_start timestamptz, period_end timestamptz, usage numeric, events bigint,
+               limit_period text, soft_limit numeric, hard_limit numeric, remaining numeric,
+               percent_used numeric, status text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_tenant   ALIAS FOR $1;
+    p_plan     ALIAS FOR $2;
+    p_start    ALIAS FOR $3;
+    p_end      ALIAS FOR $4;
+    p_features ALIAS FOR $5;
+    p_warn     ALIAS FOR $6;
+BEGIN
+    IF p_start IS NULL OR p_end IS NULL THEN
+        RAISE EXCEPTION 'period_start and period_end are required'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'e.g. usage_report(period_start => ''2025-11-01'', period_end => ''2025-12-01'')';
+    END IF;
+    IF NOT isfinite(p_start) OR NOT isfinite(p_end) OR p_start >= p_end THEN
+        RAISE EXCEPTION 'the report period must be finite with period_start before period_end'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_warn IS NULL OR p_warn <= 0 OR p_warn > 1 THEN
+        RAISE EXCEPTION 'warn_threshold must be in (0, 1]' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_plan IS NOT NULL AND NOT EXISTS (SELECT 1 FROM usage_guard.plans p WHERE p.plan_code = p_plan) THEN
+        RAISE EXCEPTION 'plan "%" does not exist', p_plan USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN QUERY
+    WITH subs AS (
+        SELECT s.tenant_id, s.plan_code FROM usage_guard.tenant_subscriptions s
+         WHERE (p_tenant IS NULL OR s.tenant_id = p_tenant)
+           AND (p_plan IS NULL OR s.plan_code = p_plan)
+    ), lim AS (
+        -- the limits in force at the end of the period, longest window per feature
+        SELECT DISTINCT ON (w.tenant_id, w.feature_key)
+               w.tenant_id, w.feature_key, w.unit, w.period, w.soft_limit, w.hard_limit
+          FROM subs, LATERAL usage_guard.limit_windows(subs.tenant_id, p_end - interval '1 microsecond') w
+         WHERE p_features IS NULL OR w.feature_key = ANY (p_features)
+         ORDER BY w.tenant_id, w.feature_key, w.window_end - w.window_start DESC
+    )
+    SELECT subs.tenant_id, subs.plan_code, lim.feature_key, lim.unit, p_start, p_end,
+           u.usage, u.events, lim.period, lim.soft_limit, lim.hard_limit,
+           CASE WHEN coalesce(lim.hard_limit, lim.soft_limit) IS NOT NULL
+                THEN greatest(coalesce(lim.hard_limit, lim.soft_limit) - u.usage, 0) END,
+           round(100 * u.usage / nullif(coalesce(lim.hard_limit, lim.soft_limit), 0), 2),
+           usage_guard.limit_status(u.usage, lim.soft_limit, lim.hard_limit, p_warn)
+      FROM subs
+      JOIN lim ON lim.tenant_id = subs.tenant_id
+     CROSS JOIN LATERAL (SELECT coalesce(sum(e.amount), 0) AS usage, count(*) AS events
+                           FROM usage_guard.usage_events e
+                          WHERE e.tenant_id = subs.tenant_id AND e.feature_key = lim.feature_key
+                            AND e.occurred_at >= p_start AND e.occurred_at < p_end) u
+     ORDER BY 1, 3;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.usage_report_rows(text, text, timestamptz, timestamptz, text[], numeric) IS
+    'Internal: the body of usage_guard.usage_report';
+
+CREATE FUNCTION usage_guard.usage_report(
+    tenant_id      text DEFAULT NULL,
+    plan_code      text DEFAULT NULL,
+    period_start   timestamptz DEFAULT NULL,
+    period_end     timestamptz DEFAULT NULL,
+    features       text[] DEFAULT NULL,
+    warn_threshold numeric DEFAULT 0.8)
+RETURNS TABLE (tenant_id text, plan_code text, feature_key text, unit text,
+               period_start timestamptz, period_end timestamptz, usage numeric, events bigint,
+               limit_period text, soft_limit numeric, hard_limit numeric, remaining numeric,
+               percent_used numeric, status text)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT * FROM usage_guard.usage_report_rows($1, $2, $3, $4, $5, $6);
+END;
+COMMENT ON FUNCTION usage_guard.usage_report(text, text, timestamptz, timestamptz, text[], numeric) IS
+    'Usage report over [period_start, period_end) per subscribed tenant and limited feature: usage, events, the limits of the feature''s longest window in force at the end of the period, remaining, percent and status (ok, approaching, soft_limit, hard_limit). CSV: COPY (SELECT * FROM usage_guard.usage_report(...)) TO STDOUT WITH CSV HEADER';
+
+CREATE FUNCTION usage_guard.usage_report_json(
+    tenant_id      text DEFAULT NULL,
+    plan_code      text DEFAULT NULL,
+    period_start   timestamptz DEFAULT NULL,
+    period_end     timestamptz DEFAULT NULL,
+    features       text[] DEFAULT NULL,
+    warn_threshold numeric DEFAULT 0.8)
+RETURNS jsonb
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT jsonb_build_object(
+               'generated_at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+               'period_start', to_char($3 AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+               'period_end', to_char($4 AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+               'tenant_id', $1, 'plan_code', $2, 'features', to_jsonb($5),
+               'warn_threshold', $6,
+               'rows', coalesce(jsonb_agg(to_jsonb(r) - 'period_start' - 'period_end'
+                                          ORDER BY r.tenant_id, r.feature_key), '[]'::jsonb))
+      FROM usage_guard.usage_report($1, $2, $3, $4, $5, $6) r;
+END;
+COMMENT ON FUNCTION usage_guard.usage_report_json(text, text, timestamptz, timestamptz, text[], numeric) IS
+    'usage_report as one JSON document (the dashboard artifact): period, filters and rows';
+
+CREATE FUNCTION usage_guard.top_consumers(feature_key text, since interval DEFAULT '1 day', n integer DEFAULT 10)
+RETURNS TABLE (rank bigint, tenant_id text, plan_code text, usage numeric, events bigint, share numeric)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_feature ALIAS FOR $1;
+    p_since   ALIAS FOR $2;
+    p_n       ALIAS FOR $3;
+BEGIN
+    IF p_feature IS NULL OR p_since IS NULL OR p_n IS NULL THEN
+        RAISE EXCEPTION 'feature_key, since and n must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM usage_guard.features f WHERE f.feature_key = p_feature) THEN
+        RAISE EXCEPTION 'unknown feature "%"', p_feature USING ERRCODE = 'undefined_object';
+    END IF;
+    IF p_since <= interval '0' OR p_n < 1 OR p_n > 10000 THEN
+        RAISE EXCEPTION 'since must be positive and n between 1 and 10000' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+    WITH u AS (
+        SELECT e.tenant_id, sum(e.amount) AS usage, count(*) AS events
+          FROM usage_guard.usage_events e
+         WHERE e.feature_key = p_feature AND e.occurred_at >= now() - p_since AND e.occurred_at < now()
+         GROUP BY e.tenant_id
+    )
+    SELECT row_number() OVER (ORDER BY u.usage DESC, u.tenant_id), u.tenant_id, s.plan_code, u.usage, u.events,
+           round(u.usage / nullif(sum(u.usage) OVER (), 0), 4)
+      FROM u LEFT JOIN usage_guard.tenant_subscriptions s ON s.tenant_id = u.tenant_id
+     ORDER BY u.usage DESC, u.tenant_id
+     LIMIT p_n;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.top_consumers(text, interval, integer) IS
+    'The n tenants that used the most of a feature in the last `since`, with their share of the total';
+
+CREATE FUNCTION usage_guard.usage_anomalies_rows(
+    in_feature_key text, in_recent interval, in_factor numeric, in_min_usage numeric, in_at timestamptz)
+RETURNS TABLE (tenant_id text, feature_key text, recent_usage numeric, baseline_usage numeric, ratio numeric)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_feature ALIAS FOR $1;
+    p_recent  ALIAS FOR $2;
+    p_factor  ALIAS FOR $3;
+    p_min     ALIAS FOR $4;
+    p_at      ALIAS FOR $5;
+BEGIN
+    IF p_recent IS NULL OR p_factor IS NULL OR p_min IS NULL OR p_at IS NULL THEN
+        RAISE EXCEPTION 'recent, factor, min_usage and at must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_recent <= interval '0' OR p_recent > interval '1 day' OR p_factor <= 0 THEN
+        RAISE EXCEPTION 'recent must be in (0, 1 day] and factor positive' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+    WITH r AS (
+        SELECT e.tenant_id, e.feature_key, sum(e.amount) AS recent_usage
+          FROM usage_guard.usage_events e
+         WHERE (p_feature IS NULL OR e.feature_key = p_feature)
+           AND e.occurred_at >= p_at - p_recent AND e.occurred_at < p_at
+         GROUP BY 1, 2
+    ), b AS (
+        SELECT e.tenant_id, e.feature_key, sum(e.amount) AS baseline_usage
+          FROM usage_guard.usage_events e
+         WHERE (p_feature IS NULL OR e.feature_key = p_feature)
+           AND e.occurred_at >= p_at - interval '1 day' - p_recent AND e.occurred_at < p_at - interval '1 day'
+         GROUP BY 1, 2
+    )
+    SELECT r.tenant_id, r.feature_key, r.recent_usage, coalesce(b.baseline_usage, 0),
+           round(r.recent_usage / nullif(b.baseline_usage, 0), 2)
+      FROM r LEFT JOIN b USING (tenant_id, feature_key)
+     WHERE r.recent_usage >= p_min
+       AND r.recent_usage > p_factor * coalesce(b.baseline_usage, 0)
+     ORDER BY r.recent_usage / nullif(b.baseline_usage, 0) DESC NULLS FIRST, r.recent_usage DESC;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.usage_anomalies_rows(text, interval, numeric, numeric, timestamptz) IS
+    'Internal: the body of usage_guard.usage_anomalies';
+
+CREATE FUNCTION usage_guard.usage_anomalies(
+    feature_key text DEFAULT NULL,
+    recent      interval DEFAULT '1 hour',
+    factor      numeric DEFAULT 3,
+    min_usage   numeric DEFAULT 1,
+    at          timestamptz DEFAULT now())
+RETURNS TABLE (tenant_id text, feature_key text, recent_usage numeric, baseline_usage numeric, ratio numeric)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT * FROM usage_guard.usage_anomalies_rows($1, $2, $3, $4, $5);
+END;
+COMMENT ON FUNCTION usage_guard.usage_anomalies(text, interval, numeric, numeric, timestamptz) IS
+    'Tenants whose usage in the last `recent` is more than factor times their usage in the same span a day earlier (and at least min_usage); ratio NULL = nothing a day earlier';
