@@ -6,6 +6,7 @@ EXTVERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'.*/\1/p" usage_guard
 
 MODULE_big = usage_guard
 OBJS = src/usage_guard.o src/api.o src/amount.o src/cache.o src/counters.o \
+       src/loader.o src/security.o \
        src/decision.o src/ledger.o src/period.o src/policy.o src/query.o \
        src/writes.o src/metrics.o
 PG_CPPFLAGS = -I$(srcdir)/src
@@ -17,15 +18,17 @@ PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-f
 # before it).  The released scripts (0.1.0's full script and every upgrade
 # A--B) are installed as they are: they are what installed databases ran.
 SQL_SRC = sql/src/catalog.sql sql/src/ledger.sql sql/src/decisions.sql \
-          sql/src/counters.sql sql/src/reports.sql sql/src/operations.sql
+          sql/src/counters.sql sql/src/reports.sql sql/src/operations.sql \
+          sql/src/privileges.sql
 DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
 DATA = $(filter-out $(DATA_built),sql/$(EXTENSION)--0.1.0.sql $(wildcard sql/$(EXTENSION)--*--*.sql))
 
 REGRESS = setup catalog check consume record periods billing overrides \
-          idempotency soft_mode errors totals meter_table counters metrics rollups maintenance sync reports upgrade
+          idempotency soft_mode errors totals meter_table counters metrics rollups maintenance sync reports \
+          privileges search_path names upgrade
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/usage_guard.conf
 
-ISOLATION = consume_last_unit reload_after_restart catalog_change
+ISOLATION = consume_last_unit reload_after_restart catalog_change ledger_rules_change
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=./tmp_isolation \
                  --temp-config=$(srcdir)/test/usage_guard.conf
 

@@ -64,14 +64,15 @@ SELECT usage_guard.usage_record('err', 'err_msgs', 10, '2025-11-18 10:00+00');
 SELECT usage_guard.usage_enforce('err', 'err_msgs', 1, at => '2025-11-18 10:00+00');
 SELECT try($$SELECT usage_guard.usage_enforce('err', 'err_msgs', 1, at => '2025-11-18 10:00+00')$$);
 
--- writing usage needs INSERT on the ledger, as for any table
+-- table grants are not a level: without usage_guard_application's EXECUTE
+-- a role that can read every table still cannot decide or record
 CREATE ROLE ug_reader;
 GRANT USAGE ON SCHEMA usage_guard TO ug_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA usage_guard TO ug_reader;
 SET ROLE ug_reader;
 SELECT try($$SELECT usage_guard.usage_consume('err', 'err_msgs', 1, at => '2025-12-01 10:00+00')$$);
 SELECT try($$SELECT usage_guard.usage_record('err', 'err_msgs', 1, '2025-12-01 10:00+00')$$);
-SELECT allowed, usage FROM usage_guard.usage_check('err', 'err_msgs', 1, '2025-12-01 10:00+00');
+SELECT try($$SELECT usage_guard.usage_check('err', 'err_msgs', 1, '2025-12-01 10:00+00')$$);
 RESET ROLE;
 SELECT count(*) FROM usage_guard.usage_events WHERE tenant_id = 'err' AND occurred_at >= '2025-12-01';
 REVOKE ALL ON ALL TABLES IN SCHEMA usage_guard FROM ug_reader;

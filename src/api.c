@@ -21,8 +21,6 @@
 #include "metrics.h"
 #include "usage_guard.h"
 
-#define MAX_KEY_BYTES 255
-
 typedef enum CallMode
 {
 	CALL_CHECK,
@@ -45,11 +43,11 @@ RequiredText(FunctionCallInfo fcinfo, int argno, const char *name)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must not be empty", name)));
-	if (strlen(s) > MAX_KEY_BYTES)
+	if (strlen(s) > UG_NAME_MAX)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s is too long", name),
-				 errdetail("It has %zu bytes; at most %d are allowed.", strlen(s), MAX_KEY_BYTES)));
+				 errdetail("It has %zu bytes; at most %d are allowed.", strlen(s), UG_NAME_MAX)));
 	return s;
 }
 
@@ -169,6 +167,7 @@ RequireAccess(const Policy *policy)
 static void
 ReportTablePath(void)
 {
+	/* during recovery the table path is by design, not for lack of preload */
 	if (!CountersAvailable() && !not_preloaded_reported)
 	{
 		not_preloaded_reported = true;
@@ -176,80 +175,6 @@ ReportTablePath(void)
 				(errmsg("usage_guard: not loaded by shared_preload_libraries; decisions use the table path"),
 				 errhint("Add usage_guard to shared_preload_libraries and restart for the shared-memory fast path.")));
 	}
-}
-
-/*
- * Load the windows of a key that shared memory lacks, from the ledger
- * (docs/architecture.md, "Loading a window").  With `wait` false, gives up
- * instead of waiting for other writers of the key.  False when a window
- * could not be loaded.
- */
-static bool
-LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *starts,
-			const TimestampTz *ends, int n, bool wait)
-{
-	LWLock	   *lock = CounterPartitionLock(hash);
-	bool		missing[2 * PERIOD_KINDS];
-	bool		any = false;
-	bool		ok = true;
-
-	LWLockAcquire(lock, LW_SHARED);
-	{
-		CounterEntry *entry = CounterLookup(key, hash);
-
-		for (int i = 0; i < n; i++)
-		{
-			missing[i] = (entry == NULL || CounterFindWindow(entry, starts[i], ends[i]) == NULL);
-			any |= missing[i];
-		}
-	}
-	LWLockRelease(lock);
-	if (!any)
-		return true;
-
-	if (wait)
-		LockCounterKey(key, hash, ExclusiveLock);
-	else if (!ConditionalLockCounterKey(key, hash, ExclusiveLock))
-		return false;
-
-	SPI_connect();
-	for (int i = 0; i < n && ok; i++)
-	{
-		Amount		sum,
-					pos,
-					neg;
-		bool		present;
-
-		if (!missing[i])
-			continue;
-		/* another loader may have been first */
-		LWLockAcquire(lock, LW_SHARED);
-		{
-			CounterEntry *entry = CounterLookup(key, hash);
-
-			present = (entry != NULL && CounterFindWindow(entry, starts[i], ends[i]) != NULL);
-		}
-		LWLockRelease(lock);
-		if (present)
-			continue;
-
-		/* our own uncommitted rows are in the sum: they are in flight, not usage */
-		if (!OwnWritesIn(key, starts[i], ends[i], &pos, &neg))
-		{
-			ok = false;
-			break;
-		}
-		sum = LedgerWindowSum(key->tenant_id, key->feature_key, starts[i], ends[i]);
-		ok = CounterAddWindow(key, hash, starts[i], ends[i], sum - pos - neg, pos, neg,
-							  GetCurrentTransactionStartTimestamp());
-		if (ok)
-			RegisterOwnWritesIn(key, starts[i], ends[i]);
-		else
-			CounterReportFull();
-	}
-	SPI_finish();
-	UnlockCounterKey(key, hash, ExclusiveLock);
-	return ok;
 }
 
 /* Current windows of the limits, then the next window of each */
@@ -485,7 +410,7 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 	LocalWrite *write = NULL;
 	CounterKey	ckey;
 	uint32		hash = 0;
-	bool		fast = CountersAvailable();
+	bool		fast = CountersUsable();
 	instr_time	started;
 
 	INSTR_TIME_SET_CURRENT(started);
@@ -494,9 +419,13 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 		at = RequiredTime(fcinfo, 3, "at");
 	else
 	{
+		const char *fname = mode == CALL_CONSUME ? "usage_consume()" : "usage_enforce()";
+
 		key = OptionalText(fcinfo, 3, "idempotency_key");
 		attributes = Attributes(fcinfo, 4);
 		at = RequiredTime(fcinfo, 5, "at");
+		RequireWritable(fname);
+		RequireNowUnlessAdmin(at, fname);
 	}
 
 	GetPolicy(tenant_id, feature_key, &policy);
@@ -620,6 +549,7 @@ usage_record(PG_FUNCTION_ARGS)
 	LocalWrite *write;
 	bool		inserted;
 
+	RequireWritable("usage_record()");
 	GetPolicy(tenant_id, feature_key, &policy);
 	RequireFeature(&policy);
 

@@ -37,6 +37,7 @@ static HTAB *policies = NULL;
 static uint64 generation = 0;
 static bool stale = false;
 static Oid	ledger_relid = InvalidOid;
+static Oid	ledger_owner = InvalidOid;
 static Oid	catalog_relids[lengthof(catalog_tables)];
 static bool catalog_relids_known = false;
 
@@ -72,6 +73,7 @@ ResetCache(void)
 	policies = NULL;
 	stale = false;
 	ledger_relid = InvalidOid;
+	ledger_owner = InvalidOid;
 
 	nsp = get_namespace_oid("usage_guard", true);
 	catalog_relids_known = OidIsValid(nsp);
@@ -84,7 +86,7 @@ static uint32
 PolicyKeyHash(const void *key, Size keysize)
 {
 	const char *tenant = key;
-	const char *feature = tenant + UG_TENANT_MAX + 1;
+	const char *feature = tenant + UG_NAME_MAX + 1;
 
 	return hash_combine(hash_bytes((const unsigned char *) tenant, strlen(tenant)),
 						hash_bytes((const unsigned char *) feature, strlen(feature)));
@@ -98,7 +100,7 @@ PolicyKeyMatch(const void *key1, const void *key2, Size keysize)
 
 	if (strcmp(a, b) != 0)
 		return 1;
-	return strcmp(a + UG_TENANT_MAX + 1, b + UG_TENANT_MAX + 1);
+	return strcmp(a + UG_NAME_MAX + 1, b + UG_NAME_MAX + 1);
 }
 
 static void
@@ -124,8 +126,43 @@ LedgerRelid(void)
 		if (stale)
 			ResetCache();
 		ledger_relid = LookupLedgerRelid();
+		ledger_owner = InvalidOid;
 	}
 	return ledger_relid;
+}
+
+/* The role usage_guard reads and writes as (security.c): the ledger's owner */
+Oid
+LedgerOwner(void)
+{
+	Oid			relid = LedgerRelid();
+
+	if (!OidIsValid(ledger_owner) && OidIsValid(relid))
+		ledger_owner = LookupLedgerOwner(relid);
+	return ledger_owner;
+}
+
+/*
+ * Bumped by every invalidation of a catalog table or the ledger: state
+ * derived from their definitions (the ledger's layout) is redone after it.
+ */
+uint64
+CacheGeneration(void)
+{
+	return generation;
+}
+
+/* Names are refused, never truncated (one limit: UG_NAME_MAX) */
+static void
+CheckName(const char *name, const char *what)
+{
+	size_t		len = strlen(name);
+
+	if (len == 0 || len > UG_NAME_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be 1 to %d bytes", what, UG_NAME_MAX),
+				 errdetail("It has %zu bytes.", len)));
 }
 
 /* The policy of a tenant's feature, copied into *policy */
@@ -136,6 +173,8 @@ GetPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
 	Policy	   *entry;
 	bool		found;
 
+	CheckName(tenant_id, "tenant_id");
+	CheckName(feature_key, "feature_key");
 	if (stale)
 		ResetCache();
 	if (policies == NULL)
@@ -146,8 +185,8 @@ GetPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
 	}
 
 	memset(key, 0, sizeof(key));
-	strlcpy(key, tenant_id, UG_TENANT_MAX + 1);
-	strlcpy(key + UG_TENANT_MAX + 1, feature_key, UG_FEATURE_MAX + 1);
+	strlcpy(key, tenant_id, UG_NAME_MAX + 1);
+	strlcpy(key + UG_NAME_MAX + 1, feature_key, UG_NAME_MAX + 1);
 	entry = hash_search(policies, key, HASH_FIND, NULL);
 	if (entry != NULL)
 	{

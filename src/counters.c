@@ -10,8 +10,9 @@
  *   one lock and a decision over several windows is atomic.
  * - Lookups take their partition lock shared; inserting a key, changing a
  *   window or removing a key take it exclusive.
- * - Scans of the whole table (eviction, the usage_counters view, reset)
- *   take every partition lock in ascending order.
+ * - Scans of the whole table (eviction, snapshots for the usage_counters
+ *   view and reset_counters) take every partition lock in ascending order.
+ * - Nothing is added during recovery (CountersUsable).
  * - A window is only created by a loader holding the key's heavyweight
  *   lock in ExclusiveLock (writers hold RowExclusiveLock until their
  *   transaction's callbacks have run), never under an LWLock wait.
@@ -22,6 +23,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "common/hashfn.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -33,6 +35,7 @@
 #include "utils/tuplestore.h"
 
 #include "counters.h"
+#include "usage_guard.h"
 
 typedef struct CountersShared
 {
@@ -95,6 +98,18 @@ bool
 CountersAvailable(void)
 {
 	return counters != NULL;
+}
+
+/*
+ * May decisions use the shared state?  Not during recovery: WAL replay
+ * adds ledger rows without telling shared memory, so a standby answers from
+ * the replayed ledger, and never loads a window that would outlive its
+ * promotion.
+ */
+bool
+CountersUsable(void)
+{
+	return counters != NULL && !RecoveryInProgress();
 }
 
 /* Bytes of shared memory one tracked key costs, for the benchmark report */
@@ -317,35 +332,127 @@ CounterAddWindow(const CounterKey *key, uint32 hash, TimestampTz start, Timestam
 	return false;
 }
 
+/*
+ * Copies of the entries of this database's ledger, taken under all
+ * partition locks (shared) and returned in the caller's memory context.
+ */
+CounterEntry *
+CounterSnapshot(Oid ledger, int *count)
+{
+	HASH_SEQ_STATUS scan;
+	CounterEntry *e;
+	CounterEntry *copies;
+	int			n = 0;
+	long		size;
+
+	*count = 0;
+	if (counters == NULL)
+		return NULL;
+	LockAllPartitions(LW_SHARED);
+	size = hash_get_num_entries(counters);
+	copies = palloc_extended(Max(size, 1) * sizeof(CounterEntry), MCXT_ALLOC_NO_OOM);
+	if (copies == NULL)
+	{
+		UnlockAllPartitions();
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory copying %ld live counters", size)));
+	}
+	hash_seq_init(&scan, counters);
+	while ((e = hash_seq_search(&scan)) != NULL)
+	{
+		if (e->key.dbid != MyDatabaseId || e->key.ledger != ledger || n >= size)
+			continue;
+		memcpy(&copies[n++], e, sizeof(CounterEntry));
+	}
+	UnlockAllPartitions();
+	*count = n;
+	return copies;
+}
+
+/*
+ * Remove this database's entries of ledgers other than `ledger` (an
+ * extension dropped and created again): their keys can never be used.
+ */
+int
+CounterRemoveStale(Oid ledger)
+{
+	HASH_SEQ_STATUS scan;
+	CounterEntry *e;
+	int			removed = 0;
+
+	if (counters == NULL)
+		return 0;
+	LockAllPartitions(LW_EXCLUSIVE);
+	hash_seq_init(&scan, counters);
+	while ((e = hash_seq_search(&scan)) != NULL)
+	{
+		if (e->key.dbid == MyDatabaseId && e->key.ledger != ledger)
+		{
+			hash_search(counters, &e->key, HASH_REMOVE, NULL);
+			removed++;
+		}
+	}
+	UnlockAllPartitions();
+	return removed;
+}
+
+/*
+ * Set the committed usage of a window, if it is still there.  The caller
+ * holds the key's lock in ExclusiveLock (no other writer in flight).
+ */
+void
+CounterSetUsage(const CounterKey *key, uint32 hash, TimestampTz start, TimestampTz end,
+				Amount usage)
+{
+	LWLock	   *lock = CounterPartitionLock(hash);
+	CounterEntry *entry;
+	CounterWindow *w;
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	entry = CounterLookup(key, hash);
+	w = entry != NULL ? CounterFindWindow(entry, start, end) : NULL;
+	if (w != NULL)
+		w->usage = usage;
+	LWLockRelease(lock);
+}
+
+/* Remove one window of a key, if it is still there (same rule as above) */
+void
+CounterRemoveWindow(const CounterKey *key, uint32 hash, TimestampTz start, TimestampTz end)
+{
+	LWLock	   *lock = CounterPartitionLock(hash);
+	CounterEntry *entry;
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	entry = CounterLookup(key, hash);
+	for (int i = 0; entry != NULL && i < entry->nwindows; i++)
+	{
+		if (entry->windows[i].start == start && entry->windows[i].end == end)
+		{
+			entry->windows[i] = entry->windows[entry->nwindows - 1];
+			entry->nwindows--;
+			break;
+		}
+	}
+	LWLockRelease(lock);
+}
+
 PG_FUNCTION_INFO_V1(usage_guard_counters);
 /* usage_guard.live_counters(): every live window of this database */
 Datum
 usage_guard_counters(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	HASH_SEQ_STATUS scan;
-	CounterEntry *e;
-	List	   *copies = NIL;
-	ListCell   *lc;
+	CounterEntry *copies;
+	int			n;
 
 	InitMaterializedSRF(fcinfo, 0);
-	if (counters == NULL)
-		return (Datum) 0;
-
 	/* copy under the locks, build tuples after */
-	LockAllPartitions(LW_SHARED);
-	hash_seq_init(&scan, counters);
-	while ((e = hash_seq_search(&scan)) != NULL)
+	copies = CounterSnapshot(LedgerRelid(), &n);
+	for (int k = 0; k < n; k++)
 	{
-		if (e->key.dbid != MyDatabaseId)
-			continue;
-		copies = lappend(copies, memcpy(palloc(sizeof(CounterEntry)), e, sizeof(CounterEntry)));
-	}
-	UnlockAllPartitions();
-
-	foreach(lc, copies)
-	{
-		CounterEntry *c = lfirst(lc);
+		CounterEntry *c = &copies[k];
 
 		for (int i = 0; i < c->nwindows; i++)
 		{
@@ -364,30 +471,6 @@ usage_guard_counters(PG_FUNCTION_ARGS)
 		}
 	}
 	return (Datum) 0;
-}
-
-PG_FUNCTION_INFO_V1(usage_guard_reset_counters);
-/* usage_guard.reset_counters(): forget this database's live counters */
-Datum
-usage_guard_reset_counters(PG_FUNCTION_ARGS)
-{
-	HASH_SEQ_STATUS scan;
-	CounterEntry *e;
-	int64		removed = 0;
-
-	if (counters == NULL)
-		PG_RETURN_INT64(0);
-	LockAllPartitions(LW_EXCLUSIVE);
-	hash_seq_init(&scan, counters);
-	while ((e = hash_seq_search(&scan)) != NULL)
-	{
-		if (e->key.dbid != MyDatabaseId)
-			continue;
-		hash_search(counters, &e->key, HASH_REMOVE, NULL);
-		removed++;
-	}
-	UnlockAllPartitions();
-	PG_RETURN_INT64(removed);
 }
 
 PG_FUNCTION_INFO_V1(usage_guard_shmem_info);

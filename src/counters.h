@@ -15,8 +15,13 @@
 
 #include "amount.h"
 
-#define UG_TENANT_MAX	255		/* bytes of a tenant_id */
-#define UG_FEATURE_MAX	128		/* bytes of a feature_key */
+/*
+ * The one limit on names, in bytes: tenant ids, feature keys, plan codes and
+ * idempotency keys.  Arguments, the catalog's CHECK constraints, the ledger
+ * trigger, the caches and the counters all use it, so a name is either
+ * refused everywhere (22023) or kept whole everywhere, never truncated.
+ */
+#define UG_NAME_MAX		255
 #define UG_MAX_WINDOWS	8		/* live windows per tenant and feature */
 #define UG_NUM_PARTITIONS 128	/* partition LWLocks of the hash */
 
@@ -25,8 +30,8 @@ typedef struct CounterKey
 {
 	Oid			dbid;
 	Oid			ledger;			/* usage_events' OID: a new extension starts afresh */
-	char		tenant_id[UG_TENANT_MAX + 1];
-	char		feature_key[UG_FEATURE_MAX + 1];
+	char		tenant_id[UG_NAME_MAX + 1];
+	char		feature_key[UG_NAME_MAX + 1];
 } CounterKey;
 
 /* One window [start, end) of a key */
@@ -68,6 +73,13 @@ extern int	usage_guard_max_counters;
 extern void CountersShmemRequest(void);
 extern void CountersShmemStartup(void);
 extern bool CountersAvailable(void);
+extern bool CountersUsable(void);
+extern CounterEntry *CounterSnapshot(Oid ledger, int *count);
+extern int	CounterRemoveStale(Oid ledger);
+extern void CounterSetUsage(const CounterKey *key, uint32 hash, TimestampTz start,
+							TimestampTz end, Amount usage);
+extern void CounterRemoveWindow(const CounterKey *key, uint32 hash, TimestampTz start,
+								TimestampTz end);
 extern void MakeCounterKey(CounterKey *key, Oid ledger, const char *tenant_id,
 						   const char *feature_key);
 extern uint32 CounterKeyHash(const CounterKey *key);
@@ -80,6 +92,10 @@ extern bool CounterAddWindow(const CounterKey *key, uint32 hash, TimestampTz sta
 extern void CounterTouch(CounterEntry *entry);
 extern void CounterReportFull(void);
 extern Size CounterEntrySize(void);
+
+/* loader.c */
+extern bool LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *starts,
+						const TimestampTz *ends, int n, bool wait);
 
 /* writes.c */
 extern void WritesInit(void);

@@ -10,6 +10,7 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -35,7 +36,7 @@
 static int	own_insert_depth = 0;
 
 static CachedQuery window_sum_query = {
-	"SELECT coalesce(sum(amount), 0) FROM usage_guard.usage_events"
+	"SELECT coalesce(pg_catalog.sum(amount), 0) FROM usage_guard.usage_events"
 	" WHERE tenant_id = $1 AND feature_key = $2"
 	"   AND occurred_at >= $3 AND occurred_at < $4",
 	4, {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
@@ -69,12 +70,16 @@ LedgerWindowSum(const char *tenant_id, const char *feature_key,
 	bool		isnull;
 	Datum		d;
 	Amount		sum;
+	InternalContext ctx;
 
 	values[0] = CStringGetTextDatum(tenant_id);
 	values[1] = CStringGetTextDatum(feature_key);
 	values[2] = TimestampTzGetDatum(start);
 	values[3] = TimestampTzGetDatum(end);
+	BeginInternal(&ctx, true);
+	RequireWholeLedgerVisible(LedgerRelid());
 	RunQueryLatest(&window_sum_query, values, NULL, 1);
+	EndInternal(&ctx);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (isnull || !NumericToAmount(DatumGetNumeric(d), &sum))
 		ereport(ERROR,
@@ -90,80 +95,99 @@ bool
 IdempotencyKeyExists(const char *tenant_id, const char *key)
 {
 	Datum		values[2];
+	InternalContext ctx;
 
 	values[0] = CStringGetTextDatum(tenant_id);
 	values[1] = CStringGetTextDatum(key);
+	BeginInternal(&ctx, true);
+	RequireWholeLedgerVisible(LedgerRelid());
 	RunQueryLatest(&key_query, values, NULL, 1);
+	EndInternal(&ctx);
 	return SPI_processed > 0;
 }
 
-/* How a key-less ledger row can be written without the executor */
-typedef struct LedgerLayout
+/*
+ * The ledger's columns as usage_guard creates them, in order.  The direct
+ * insert below writes exactly these; any other shape goes through SPI.
+ */
+static const struct
 {
-	Oid			relid;			/* the ledger this layout is for */
-	bool		direct;			/* false: use SPI (unknown shape, triggers, RLS) */
-	Oid			seqid;			/* identity sequence of event_id */
-	int			natts;
-	AttrNumber	tenant_id,
-				feature_key,
-				occurred_at,
-				event_id,
-				amount,
-				recorded_at,
-				kind,
-				idempotency_key,
-				attributes;
-} LedgerLayout;
+	const char *name;
+	Oid			type;
+}			ledger_columns[] = {
+	{"tenant_id", TEXTOID},
+	{"feature_key", TEXTOID},
+	{"occurred_at", TIMESTAMPTZOID},
+	{"event_id", INT8OID},
+	{"amount", NUMERICOID},
+	{"recorded_at", TIMESTAMPTZOID},
+	{"kind", TEXTOID},
+	{"idempotency_key", TEXTOID},
+	{"attributes", JSONBOID},
+};
 
-static LedgerLayout layout = {InvalidOid};
+#define COL_TENANT		0
+#define COL_FEATURE		1
+#define COL_OCCURRED	2
+#define COL_EVENT_ID	3
+#define COL_AMOUNT		4
+#define COL_RECORDED	5
+#define COL_KIND		6
+#define COL_KEY			7
+#define COL_ATTRIBUTES	8
+
+/* The identity sequence of event_id, for the ledger and cache generation seen */
+static Oid	seq_ledger = InvalidOid;
+static uint64 seq_generation = 0;
+static Oid	seq_id = InvalidOid;
 
 /*
- * Learn the ledger's layout.  The direct path is used only when the table is
- * exactly what usage_guard created: a plain table with these nine columns,
- * no triggers on INSERT but its own, and no row security; anything else
- * (an operator's trigger, an added column with a default) goes through SPI
- * so that PostgreSQL applies it.
+ * May a key-less row be written with the table and index AMs?  Only when
+ * the ledger is exactly what usage_guard created: a plain table with its
+ * nine columns in order, no CHECK constraint, no rule, no row security, no
+ * NOT NULL on idempotency_key, and no INSERT trigger but its own.  Anything
+ * an operator adds later (a constraint, a trigger, a policy) sends the
+ * table's relcache invalidation, which table_open has processed by now, so
+ * this is decided from the current definition on every insert: rules added
+ * while a session is open bind its next row.
  */
-static void
-LearnLayout(Relation rel)
+static bool
+DirectInsertAllowed(Relation rel)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	TriggerDesc *trig = rel->trigdesc;
-	int			insert_triggers = 0;
 
-	memset(&layout, 0, sizeof(layout));
-	layout.relid = RelationGetRelid(rel);
-	layout.natts = desc->natts;
-	layout.tenant_id = SPI_fnumber(desc, "tenant_id");
-	layout.feature_key = SPI_fnumber(desc, "feature_key");
-	layout.occurred_at = SPI_fnumber(desc, "occurred_at");
-	layout.event_id = SPI_fnumber(desc, "event_id");
-	layout.amount = SPI_fnumber(desc, "amount");
-	layout.recorded_at = SPI_fnumber(desc, "recorded_at");
-	layout.kind = SPI_fnumber(desc, "kind");
-	layout.idempotency_key = SPI_fnumber(desc, "idempotency_key");
-	layout.attributes = SPI_fnumber(desc, "attributes");
+	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relrowsecurity ||
+		rel->rd_rules != NULL || desc->natts != lengthof(ledger_columns) ||
+		(desc->constr != NULL && desc->constr->num_check > 0))
+		return false;
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
 
+		if (att->attisdropped || att->attgenerated ||
+			att->atttypid != ledger_columns[i].type ||
+			strcmp(NameStr(att->attname), ledger_columns[i].name) != 0)
+			return false;
+	}
+	if (TupleDescAttr(desc, COL_KEY)->attnotnull ||
+		TupleDescAttr(desc, COL_EVENT_ID)->attidentity != ATTRIBUTE_IDENTITY_BY_DEFAULT)
+		return false;
 	for (int i = 0; trig != NULL && i < trig->numtriggers; i++)
-		if (TRIGGER_FOR_INSERT(trig->triggers[i].tgtype))
-			insert_triggers++;
-
-	layout.direct = rel->rd_rel->relkind == RELKIND_RELATION &&
-		!rel->rd_rel->relrowsecurity &&
-		desc->natts == 9 && (desc->constr == NULL || desc->constr->num_check == 0) &&
-		insert_triggers <= 1 &&
-		layout.tenant_id > 0 && layout.feature_key > 0 && layout.occurred_at > 0 &&
-		layout.event_id > 0 && layout.amount > 0 && layout.recorded_at > 0 &&
-		layout.kind > 0 && layout.idempotency_key > 0 && layout.attributes > 0;
-	if (layout.direct)
-		layout.seqid = getIdentitySequence(layout.relid, layout.event_id, false);
+	{
+		if (TRIGGER_FOR_INSERT(trig->triggers[i].tgtype) &&
+			strcmp(trig->triggers[i].tgname, "usage_events_count") != 0)
+			return false;
+	}
+	return true;
 }
 
 /*
  * Insert a key-less ledger row with the table AM and the index AMs, as
  * logical replication's apply does: the executor start-up and shutdown of
  * an INSERT statement is most of the cost of a consume otherwise.  False
- * when the ledger is not of the known shape (the caller uses SPI).
+ * when the ledger is not of the known shape (the caller uses SPI).  Runs as
+ * the ledger's owner; the caller needs no privilege on the table.
  */
 static bool
 DirectInsert(const char *tenant_id, const char *feature_key, Numeric amount,
@@ -175,17 +199,21 @@ DirectInsert(const char *tenant_id, const char *feature_key, Numeric amount,
 	TupleTableSlot *slot;
 	Datum	   *values;
 	bool	   *nulls;
+	InternalContext ctx;
 
+	BeginInternal(&ctx, false);
 	rel = table_open(LedgerRelid(), RowExclusiveLock);
-	if (layout.relid != RelationGetRelid(rel) || !layout.direct ||
-		RelationGetDescr(rel)->natts != layout.natts)
-		LearnLayout(rel);
-	/* SPI applies (and reports) the table's privileges */
-	if (!layout.direct ||
-		pg_class_aclcheck(layout.relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
+	if (!DirectInsertAllowed(rel))
 	{
 		table_close(rel, RowExclusiveLock);
+		EndInternal(&ctx);
 		return false;
+	}
+	if (seq_ledger != RelationGetRelid(rel) || seq_generation != CacheGeneration())
+	{
+		seq_id = getIdentitySequence(RelationGetRelid(rel), COL_EVENT_ID + 1, false);
+		seq_ledger = RelationGetRelid(rel);
+		seq_generation = CacheGeneration();
 	}
 
 	estate = CreateExecutorState();
@@ -197,16 +225,16 @@ DirectInsert(const char *tenant_id, const char *feature_key, Numeric amount,
 	ExecClearTuple(slot);
 	values = slot->tts_values;
 	nulls = slot->tts_isnull;
-	memset(nulls, 0, sizeof(bool) * layout.natts);
-	values[layout.tenant_id - 1] = CStringGetTextDatum(tenant_id);
-	values[layout.feature_key - 1] = CStringGetTextDatum(feature_key);
-	values[layout.occurred_at - 1] = TimestampTzGetDatum(occurred_at);
-	values[layout.event_id - 1] = Int64GetDatum(nextval_internal(layout.seqid, false));
-	values[layout.amount - 1] = NumericGetDatum(amount);
-	values[layout.recorded_at - 1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-	values[layout.kind - 1] = CStringGetTextDatum(kind);
-	nulls[layout.idempotency_key - 1] = true;
-	values[layout.attributes - 1] = attributes;
+	memset(nulls, 0, sizeof(bool) * lengthof(ledger_columns));
+	values[COL_TENANT] = CStringGetTextDatum(tenant_id);
+	values[COL_FEATURE] = CStringGetTextDatum(feature_key);
+	values[COL_OCCURRED] = TimestampTzGetDatum(occurred_at);
+	values[COL_EVENT_ID] = Int64GetDatum(nextval_internal(seq_id, false));
+	values[COL_AMOUNT] = NumericGetDatum(amount);
+	values[COL_RECORDED] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	values[COL_KIND] = CStringGetTextDatum(kind);
+	nulls[COL_KEY] = true;
+	values[COL_ATTRIBUTES] = attributes;
 	ExecStoreVirtualTuple(slot);
 
 	table_tuple_insert(rel, slot, GetCurrentCommandId(true), 0, NULL);
@@ -216,6 +244,7 @@ DirectInsert(const char *tenant_id, const char *feature_key, Numeric amount,
 	ExecResetTupleTable(estate->es_tupleTable, false);
 	FreeExecutorState(estate);
 	table_close(rel, NoLock);
+	EndInternal(&ctx);
 	/* the row is visible to the next statement and to our own ledger sums */
 	CommandCounterIncrement();
 	return true;
@@ -233,6 +262,7 @@ InsertUsageEvent(const char *tenant_id, const char *feature_key,
 {
 	Datum		values[7];
 	char		nulls[7] = "       ";
+	InternalContext ctx;
 
 	if (idempotency_key == NULL &&
 		DirectInsert(tenant_id, feature_key, amount, occurred_at, kind, attributes))
@@ -249,6 +279,7 @@ InsertUsageEvent(const char *tenant_id, const char *feature_key,
 		nulls[5] = 'n';
 	values[6] = attributes;
 
+	BeginInternal(&ctx, true);
 	own_insert_depth++;
 	PG_TRY();
 	{
@@ -259,6 +290,7 @@ InsertUsageEvent(const char *tenant_id, const char *feature_key,
 		own_insert_depth--;
 	}
 	PG_END_TRY();
+	EndInternal(&ctx);
 	return SPI_processed == 1;
 }
 
@@ -278,7 +310,7 @@ CountLedgerRow(const char *tenant_id, const char *feature_key, TimestampTz at, A
 	LWLock	   *lock;
 	CounterEntry *entry;
 
-	if (!CountersAvailable())
+	if (!CountersUsable())
 		return NULL;
 	MakeCounterKey(&key, LedgerRelid(), tenant_id, feature_key);
 	hash = CounterKeyHash(&key);
@@ -360,15 +392,17 @@ usage_guard_ledger_insert(PG_FUNCTION_ARGS)
 	 * re-parsed and planned for every INSERT statement, a large share of
 	 * the cost of the hot path, whose rows are validated by the functions.
 	 */
-	if (tenant_id[0] == '\0' || strlen(tenant_id) > UG_TENANT_MAX)
-		LedgerRowError("tenant_id must be 1 to 255 bytes");
-	if (feature_key[0] == '\0' || strlen(feature_key) > UG_FEATURE_MAX)
-		LedgerRowError("feature_key must be 1 to 128 bytes");
+	if (tenant_id[0] == '\0' || strlen(tenant_id) > UG_NAME_MAX)
+		LedgerRowError(psprintf("tenant_id must be 1 to %d bytes", UG_NAME_MAX));
+	if (feature_key[0] == '\0' || strlen(feature_key) > UG_NAME_MAX)
+		LedgerRowError(psprintf("feature_key must be 1 to %d bytes", UG_NAME_MAX));
 	if (strcmp(kind, "consume") != 0 && strcmp(kind, "record") != 0 &&
 		strcmp(kind, "adjustment") != 0)
 		LedgerRowError("kind must be consume, record or adjustment");
-	if (!key_null && VARSIZE_ANY_EXHDR(DatumGetPointer(key_datum)) == 0)
-		LedgerRowError("idempotency_key must not be empty");
+	/* raw size: a long key may be stored compressed or out of line */
+	if (!key_null && (toast_raw_datum_size(key_datum) == VARHDRSZ ||
+					  toast_raw_datum_size(key_datum) > VARHDRSZ + UG_NAME_MAX))
+		LedgerRowError(psprintf("idempotency_key must be NULL or 1 to %d bytes", UG_NAME_MAX));
 	if (!NumericToAmount(amount_num, &amount) ||
 		amount > USAGE_GUARD_MAX_AMOUNT * AMOUNT_ONE || amount < -USAGE_GUARD_MAX_AMOUNT * AMOUNT_ONE)
 		LedgerRowError("amount must be between -1e15 and 1e15 with at most 12 decimal places");

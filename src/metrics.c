@@ -40,8 +40,8 @@ typedef struct MetricKey
 	Oid			dbid;
 	int			kind;			/* MetricKind */
 	int			code;			/* DecisionKind; 1 = hard limit / 0 = soft; 1 = no subscription / 0 = inactive */
-	char		plan_code[UG_PLAN_MAX + 1];
-	char		feature_key[UG_FEATURE_MAX + 1];	/* limit hits only */
+	char		plan_code[UG_NAME_MAX + 1];
+	char		feature_key[UG_NAME_MAX + 1];	/* limit hits only */
 } MetricKey;
 
 typedef struct MetricEntry

@@ -11,6 +11,9 @@
 #include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
+#include "access/htup_details.h"
+#include "catalog/pg_class.h"
 #include "utils/timestamp.h"
 
 #include "query.h"
@@ -92,10 +95,13 @@ LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
 {
 	Datum		values[2];
 
+	InternalContext ctx;
+
 	memset(policy, 0, sizeof(Policy));
 	strlcpy(policy->tenant_id, tenant_id, sizeof(policy->tenant_id));
 	strlcpy(policy->feature_key, feature_key, sizeof(policy->feature_key));
 
+	BeginInternal(&ctx, true);
 	SPI_connect();
 	values[0] = CStringGetTextDatum(feature_key);
 	RunQuery(&feature_query, values, NULL, true, 1);
@@ -110,8 +116,15 @@ LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
 		bool		isnull;
 		Datum		d;
 
+		char	   *plan = SPI_getvalue(tup, desc, 1);
+
+		if (strlen(plan) > UG_NAME_MAX)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("usage_guard: plan code of tenant \"%s\" is longer than %d bytes",
+							tenant_id, UG_NAME_MAX)));
 		policy->has_subscription = true;
-		strlcpy(policy->plan_code, SPI_getvalue(tup, desc, 1), sizeof(policy->plan_code));
+		strlcpy(policy->plan_code, plan, sizeof(policy->plan_code));
 		strlcpy(policy->status, SPI_getvalue(tup, desc, 2), sizeof(policy->status));
 		policy->period_start = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
 		d = SPI_getbinval(tup, desc, 4, &isnull);
@@ -128,6 +141,7 @@ LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
 	RunQuery(&override_query, values, NULL, true, 0);
 	policy->override_mask = ReadLimitRows(policy->override_limits, policy->override_expires);
 	SPI_finish();
+	EndInternal(&ctx);
 }
 
 /* OID of usage_guard.usage_events, InvalidOid when the extension is absent */
@@ -137,4 +151,18 @@ LookupLedgerRelid(void)
 	Oid			nsp = get_namespace_oid("usage_guard", true);
 
 	return OidIsValid(nsp) ? get_relname_relid("usage_events", nsp) : InvalidOid;
+}
+
+/* Owner of the ledger table */
+Oid
+LookupLedgerOwner(Oid ledger)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(ledger));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		return InvalidOid;
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	return owner;
 }

@@ -54,11 +54,11 @@ _PG_init(void)
 {
 	DefineCustomEnumVariable("usage_guard.soft_limit_mode",
 							 "What a request over a soft limit gets: warn (allowed, WARNING) or block.",
-							 "Hard limits always block.",
+							 "Hard limits always block. Superuser-only (or GRANT SET ON PARAMETER): an application must not weaken an operator's block.",
 							 &usage_guard_soft_limit_mode,
 							 SOFT_LIMIT_WARN,
 							 soft_limit_mode_options,
-							 PGC_USERSET,
+							 PGC_SUSET,
 							 0,
 							 NULL, NULL, NULL);
 

@@ -10,6 +10,8 @@
  *	cache.c			per-backend cache of policies, invalidated by triggers
  *	policy.c		catalog reads behind the cache (SPI)
  *	ledger.c		ledger writes and ledger sums (SPI), the ledger trigger
+ *	loader.c		loading windows from the ledger; reset_counters
+ *	security.c		running as the ledger owner; the caller's level
  *	counters.c		live counters in shared memory
  *	writes.c		this transaction's writes, settled at commit/abort; key lock
  *	amount.c		exact fixed-point amounts
@@ -33,8 +35,6 @@
 
 /* Largest amount accepted anywhere (also the largest limit) */
 #define USAGE_GUARD_MAX_AMOUNT	INT64CONST(1000000000000000)
-
-#define UG_PLAN_MAX 128
 
 typedef enum PeriodKind
 {
@@ -75,11 +75,11 @@ typedef struct LimitPair
  */
 typedef struct Policy
 {
-	char		tenant_id[UG_TENANT_MAX + 1];	/* cache key: must be first */
-	char		feature_key[UG_FEATURE_MAX + 1];
+	char		tenant_id[UG_NAME_MAX + 1];	/* cache key: must be first */
+	char		feature_key[UG_NAME_MAX + 1];
 	bool		feature_exists;
 	bool		has_subscription;
-	char		plan_code[UG_PLAN_MAX + 1];
+	char		plan_code[UG_NAME_MAX + 1];
 	char		status[24];
 	TimestampTz period_start;
 	TimestampTz period_end;		/* DT_NOEND when NULL in the catalog */
@@ -118,6 +118,14 @@ typedef struct Decision
 	bool		recorded;
 } Decision;
 
+/* Saved caller identity while usage_guard reads or writes as the ledger owner */
+typedef struct InternalContext
+{
+	Oid			saved_user;
+	int			saved_sec;
+	int			guc_level;		/* -1: search_path not pinned */
+} InternalContext;
+
 /* usage_guard.c */
 extern int	usage_guard_soft_limit_mode;
 
@@ -129,15 +137,26 @@ extern void PeriodWindow(PeriodKind kind, const Policy *policy, TimestampTz at,
 extern void BillingWindow(TimestampTz anchor, TimestampTz first_end, TimestampTz at,
 						  TimestampTz *start, TimestampTz *end);
 
+/* security.c */
+extern void BeginInternal(InternalContext *ctx, bool runs_sql);
+extern void EndInternal(InternalContext *ctx);
+extern void RequireWholeLedgerVisible(Oid ledger);
+extern bool CallerIsAdmin(void);
+extern void RequireNowUnlessAdmin(TimestampTz at, const char *function);
+extern void RequireWritable(const char *function);
+
 /* cache.c */
 extern void CacheInit(void);
 extern void GetPolicy(const char *tenant_id, const char *feature_key, Policy *policy);
 extern Oid	LedgerRelid(void);
+extern Oid	LedgerOwner(void);
+extern uint64 CacheGeneration(void);
 extern int	EffectiveLimits(const Policy *policy, TimestampTz at, FeatureLimit *limits);
 
 /* policy.c */
 extern void LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy);
 extern Oid	LookupLedgerRelid(void);
+extern Oid	LookupLedgerOwner(Oid ledger);
 
 /* ledger.c */
 extern Amount LedgerWindowSum(const char *tenant_id, const char *feature_key,

@@ -40,7 +40,7 @@ COMMENT ON DOMAIN usage_guard.limit_amount IS
 
 CREATE TABLE usage_guard.features (
     feature_key text PRIMARY KEY
-        CONSTRAINT features_key_valid CHECK (feature_key ~ '^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$'),
+        CONSTRAINT features_key_valid CHECK (feature_key ~ '^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,254}$'),
     unit        text NOT NULL DEFAULT 'unit'
         CONSTRAINT features_unit_not_empty CHECK (unit <> ''),
     description text,
@@ -51,7 +51,7 @@ COMMENT ON TABLE usage_guard.features IS
 
 CREATE TABLE usage_guard.plans (
     plan_code   text PRIMARY KEY
-        CONSTRAINT plans_code_valid CHECK (plan_code ~ '^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$'),
+        CONSTRAINT plans_code_valid CHECK (plan_code ~ '^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,254}$'),
     name        text,
     description text,
     created_at  timestamptz NOT NULL DEFAULT now()
@@ -73,7 +73,7 @@ COMMENT ON TABLE usage_guard.plan_features IS
 
 CREATE TABLE usage_guard.tenant_subscriptions (
     tenant_id            text PRIMARY KEY
-        CONSTRAINT tenant_subscriptions_tenant_not_empty CHECK (tenant_id <> ''),
+        CONSTRAINT tenant_subscriptions_tenant_valid CHECK (tenant_id <> '' AND octet_length(tenant_id) <= 255),
     plan_code            text NOT NULL REFERENCES usage_guard.plans ON UPDATE CASCADE,
     status               text NOT NULL DEFAULT 'active'
         CONSTRAINT tenant_subscriptions_status_valid
@@ -91,7 +91,7 @@ COMMENT ON TABLE usage_guard.tenant_subscriptions IS
 
 CREATE TABLE usage_guard.tenant_overrides (
     tenant_id   text NOT NULL
-        CONSTRAINT tenant_overrides_tenant_not_empty CHECK (tenant_id <> ''),
+        CONSTRAINT tenant_overrides_tenant_valid CHECK (tenant_id <> '' AND octet_length(tenant_id) <= 255),
     feature_key text NOT NULL REFERENCES usage_guard.features ON UPDATE CASCADE ON DELETE CASCADE,
     period      usage_guard.period_kind NOT NULL DEFAULT 'billing_period',
     soft_limit  usage_guard.limit_amount,

@@ -37,7 +37,7 @@ RETURNS bigint
 AS 'MODULE_PATHNAME', 'usage_guard_reset_counters'
 LANGUAGE C STRICT VOLATILE;
 COMMENT ON FUNCTION usage_guard.reset_counters() IS
-    'Forgets this database''s live counters (they are reloaded from the ledger on next use); returns how many tenant/feature entries were dropped';
+    'Recomputes this database''s live counters from the ledger, in place (after rows were loaded with triggers disabled); a key with usage in flight is recomputed once its writers end, without blocking consumers. Returns how many tenant/feature keys were recomputed';
 
 CREATE FUNCTION usage_guard.shmem_info(
     OUT enabled boolean, OUT max_counters bigint, OUT counters_used bigint,

@@ -58,7 +58,7 @@ CREATE TRIGGER usage_events_count
     FOR EACH ROW EXECUTE FUNCTION usage_guard.usage_events_count();
 
 CREATE FUNCTION usage_guard.usage_events_append_only()
-RETURNS trigger LANGUAGE plpgsql AS $$
+RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RAISE EXCEPTION 'usage_guard.usage_events is append-only'
         USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -77,9 +77,11 @@ CREATE TRIGGER usage_events_no_truncate
     FOR EACH STATEMENT EXECUTE FUNCTION usage_guard.usage_events_append_only();
 
 -- What the missing foreign key would have guarded: a feature with recorded
--- usage keeps its key and cannot be deleted.
+-- usage keeps its key and cannot be deleted.  SECURITY DEFINER: the ledger is
+-- searched as its owner, so a row-level policy that hides ledger rows from
+-- the admin who deletes cannot let a used feature go.
 CREATE FUNCTION usage_guard.features_keep_used()
-RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF (TG_OP = 'DELETE' OR NEW.feature_key IS DISTINCT FROM OLD.feature_key)
        AND EXISTS (SELECT 1 FROM usage_guard.usage_events e WHERE e.feature_key = OLD.feature_key) THEN

@@ -80,6 +80,7 @@ CREATE FUNCTION usage_guard.reset_usage(
 RETURNS TABLE (feature_key text, period text, window_start timestamptz, window_end timestamptz,
                usage_before numeric, adjustment numeric)
 LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     SELECT * FROM usage_guard.reset_usage_rows($1, $2, $3, $4, $5);
 END;
@@ -381,8 +382,11 @@ COMMENT ON FUNCTION usage_guard.unschedule_maintenance() IS
 
 -- Trigger body for meter_table: one usage_enforce per inserted row.
 -- Arguments: feature_key, tenant column, amount column ('' = 1 per row).
+-- SECURITY DEFINER: whoever may insert into a metered table is metered,
+-- without being given the application level; only admins may attach it
+-- (EXECUTE is theirs), and it charges only what the admin configured.
 CREATE FUNCTION usage_guard.meter_row()
-RETURNS trigger LANGUAGE plpgsql
+RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -409,6 +413,23 @@ END
 $$;
 COMMENT ON FUNCTION usage_guard.meter_row() IS
     'Trigger installed by meter_table: enforces and records usage for each inserted row';
+
+-- The metering trigger of a feature on a table, found by what it does (the
+-- function and its first argument), not by its name: a name is cut at 63
+-- bytes, so two long feature keys sharing a prefix once got the same one.
+CREATE FUNCTION usage_guard.metering_trigger(tbl regclass, feature_key text)
+RETURNS name
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT t.tgname FROM pg_trigger t
+     WHERE t.tgrelid = $1
+       AND t.tgfoid = 'usage_guard.meter_row()'::regprocedure
+       AND t.tgnargs >= 1
+       AND convert_from(substring(t.tgargs FROM 1 FOR position('\x00'::bytea IN t.tgargs) - 1), 'UTF8') = $2;
+END;
+COMMENT ON FUNCTION usage_guard.metering_trigger(regclass, text) IS
+    'Internal: the name of the trigger by which meter_table meters feature_key on tbl, NULL if none';
 
 CREATE FUNCTION usage_guard.meter_table(
     tbl           regclass,
@@ -456,9 +477,20 @@ BEGIN
             USING ERRCODE = 'undefined_column';
     END IF;
 
-    trg := left('usage_guard_meter_' || p_feature, 63);
-    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = p_tbl AND t.tgname = trg) THEN
+    -- a name per feature that fits in 63 bytes: long keys end in a hash of
+    -- the whole key, so keys sharing a long prefix get different names
+    trg := usage_guard.metering_trigger(p_tbl, p_feature);
+    IF trg IS NOT NULL THEN
         EXECUTE format('DROP TRIGGER %I ON %s', trg, p_tbl);
+    END IF;
+    trg := 'usage_guard_meter_' || p_feature;
+    IF octet_length(trg) > 63 THEN
+        trg := left(trg, 54) || '_' || left(md5(p_feature), 8);
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = p_tbl AND t.tgname = trg) THEN
+        RAISE EXCEPTION 'table "%" already has a trigger named "%"', p_tbl, trg
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Rename or drop that trigger; meter_table names its triggers usage_guard_meter_<feature>.';
     END IF;
     EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s FOR EACH ROW '
                    'EXECUTE FUNCTION usage_guard.meter_row(%L, %L, %L)',
@@ -474,9 +506,9 @@ RETURNS boolean LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    trg text := left('usage_guard_meter_' || $2, 63);
+    trg name := usage_guard.metering_trigger($1, $2);
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = $1 AND t.tgname = trg) THEN
+    IF trg IS NULL THEN
         RETURN false;
     END IF;
     EXECUTE format('DROP TRIGGER %I ON %s', trg, $1);

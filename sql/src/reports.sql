@@ -99,9 +99,11 @@ CREATE UNIQUE INDEX usage_monthly_key ON usage_guard.usage_monthly (tenant_id, f
 COMMENT ON MATERIALIZED VIEW usage_guard.usage_monthly IS
     'Rollup: usage and event count per tenant, feature and UTC calendar month; as of the last usage_guard.refresh_rollups()';
 
+-- SECURITY DEFINER: REFRESH needs the views' owner, and admins (and the
+-- pg_cron job an admin schedules) are not it.
 CREATE FUNCTION usage_guard.refresh_rollups(concurrently boolean DEFAULT true)
 RETURNS void
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -134,6 +136,7 @@ RETURNS TABLE (tenant_id text, plan_code text, status text, feature_key text, un
                soft_limit numeric, hard_limit numeric, remaining numeric, percent_used numeric,
                limit_source text)
 LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     WITH s AS (
         SELECT * FROM usage_guard.tenant_subscriptions t WHERE t.tenant_id = $1
@@ -182,6 +185,7 @@ CREATE FUNCTION usage_guard.limit_status(usage numeric, soft_limit numeric, hard
                                          warn_threshold numeric DEFAULT 0.8)
 RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
 RETURN CASE
     WHEN $3 IS NOT NULL AND $1 >= $3 THEN 'hard_limit'
     WHEN $2 IS NOT NULL AND $1 > $2 THEN 'soft_limit'
@@ -311,6 +315,7 @@ RETURNS TABLE (tenant_id text, plan_code text, feature_key text, unit text,
                limit_period text, soft_limit numeric, hard_limit numeric, remaining numeric,
                percent_used numeric, status text)
 LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     SELECT * FROM usage_guard.usage_report_rows($1, $2, $3, $4, $5, $6);
 END;
@@ -326,6 +331,7 @@ CREATE FUNCTION usage_guard.usage_report_json(
     warn_threshold numeric DEFAULT 0.8)
 RETURNS jsonb
 LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     SELECT jsonb_build_object(
                'generated_at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
@@ -428,6 +434,7 @@ CREATE FUNCTION usage_guard.usage_anomalies(
     at          timestamptz DEFAULT now())
 RETURNS TABLE (tenant_id text, feature_key text, recent_usage numeric, baseline_usage numeric, ratio numeric)
 LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     SELECT * FROM usage_guard.usage_anomalies_rows($1, $2, $3, $4, $5);
 END;
