@@ -64,8 +64,8 @@ tap:
 PG_INCLUDEDIR := $(shell $(PG_CONFIG) --includedir)
 PG_LIBDIR := $(shell $(PG_CONFIG) --libdir)
 all: usage_guard_ctl
-usage_guard_ctl: cli/usage_guard_ctl.c
-	$(CC) $(CFLAGS) -Wall -Wextra -Wno-unused-parameter -I$(PG_INCLUDEDIR) -o $@ $< -L$(PG_LIBDIR) -lpq
+usage_guard_ctl: cli/usage_guard_ctl.c usage_guard.control
+	$(CC) $(CFLAGS) -Wall -Wextra -Wno-unused-parameter -DUSAGE_GUARD_VERSION='"$(EXTVERSION)"' -I$(PG_INCLUDEDIR) -o $@ $< -L$(PG_LIBDIR) -lpq
 install: install-ctl
 .PHONY: install-ctl
 install-ctl: usage_guard_ctl

@@ -20,6 +20,11 @@
 
 #include "libpq-fe.h"
 
+/* set by the Makefile from usage_guard.control */
+#ifndef USAGE_GUARD_VERSION
+#define USAGE_GUARD_VERSION "unknown"
+#endif
+
 #define EXIT_USAGE 1
 #define EXIT_CONNECT 2
 #define EXIT_SQL 3
@@ -468,7 +473,7 @@ main(int argc, char **argv)
 		}
 		if (strcmp(argv[first], "--version") == 0)
 		{
-			printf("usage_guard_ctl (usage_guard) 0.3.0\n");
+			printf("usage_guard_ctl (usage_guard) %s\n", USAGE_GUARD_VERSION);
 			return 0;
 		}
 		if (strcmp(argv[first], "--dbname") == 0 && first + 1 < argc)

@@ -50,7 +50,20 @@ SELECT usage_guard.usage_record('acme', 'input_tokens', 187, idempotency_key => 
 SELECT feature_key, unit, total, events
   FROM usage_guard.get_usage_totals('acme', date_trunc('month', now()), date_trunc('month', now()) + interval '1 month');
 
-\echo '== 10. The database itself refuses the 6th deployment of the day'
+\echo '== 10. The application role decides and records with one GRANT, and cannot erase usage'
+CREATE ROLE demo_app;
+GRANT usage_guard_application TO demo_app;
+SET ROLE demo_app;
+SELECT allowed, decision, usage FROM usage_guard.usage_check('acme', 'messages');
+\set ON_ERROR_STOP off
+\set VERBOSITY terse
+INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount, kind) VALUES ('acme', 'messages', -5, 'adjustment');
+SELECT * FROM usage_guard.reset_usage('acme', 'messages', reason => 'please');
+\set VERBOSITY default
+\set ON_ERROR_STOP on
+RESET ROLE;
+
+\echo '== 11. The database itself refuses the 6th deployment of the day'
 INSERT INTO usage_guard.features (feature_key, unit) VALUES ('deployments', 'deployment');
 INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, hard_limit) VALUES ('starter', 'deployments', 'day', 5);
 CREATE TABLE deployments (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, tenant_id text NOT NULL, name text);
