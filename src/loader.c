@@ -187,8 +187,9 @@ ResetCounters(void)
 		{
 			noticed = true;
 			ereport(NOTICE,
-					(errmsg("reset_counters is waiting for %d tenant/feature keys with usage in flight",
-							npending),
+					(errmsg_plural("reset_counters is waiting for %d tenant/feature key with usage in flight",
+								   "reset_counters is waiting for %d tenant/feature keys with usage in flight",
+								   npending, npending),
 					 errdetail("It recomputes a key once no transaction has uncommitted usage of it; consumers are not blocked meanwhile."),
 					 errhint("Look for long or idle transactions in pg_stat_activity; cancel this call to stop waiting.")));
 		}
