@@ -116,14 +116,30 @@ RESET usage_guard.soft_limit_mode;
 RESET ROLE;
 REVOKE SET ON PARAMETER usage_guard.soft_limit_mode FROM ug_admin;
 
--- 4. Row-level security on the ledger does not change what is counted.  A
---    policy hides pv-victim's rows from ug_app; its window is loaded by
---    ug_app's first consume after the rows were written, as the ledger's
---    owner, so it counts all 90 units and 20 more are refused.
+-- 4. Row-level security on the ledger scopes who may act for a tenant, and
+--    never changes what is counted.
 SELECT usage_guard.usage_record('pv-victim', 'pv_msgs', 90);
 ALTER TABLE usage_guard.usage_events ENABLE ROW LEVEL SECURITY;
-CREATE POLICY pv_hide_victim ON usage_guard.usage_events
+-- (a) no policy for ug_app: it may act for no tenant (default deny)
+SET ROLE ug_app;
+SELECT try($$SELECT usage_guard.usage_check('pv-t1', 'pv_msgs', 1)$$);
+RESET ROLE;
+-- (b) a policy that keeps ug_app away from pv-victim: no decision, no
+--     usage shown, no row written for it; other tenants as before
+CREATE POLICY pv_scope ON usage_guard.usage_events TO ug_app
     USING (tenant_id <> 'pv-victim') WITH CHECK (tenant_id <> 'pv-victim');
+SET ROLE ug_app;
+SELECT try($$SELECT usage_guard.usage_check('pv-victim', 'pv_msgs', 10)$$);
+SELECT try($$SELECT usage_guard.usage_consume('pv-victim', 'pv_msgs', 1)$$);
+SELECT try($$SELECT usage_guard.usage_record('pv-victim', 'pv_msgs', 1)$$);
+SELECT allowed, decision FROM usage_guard.usage_check('pv-t1', 'pv_msgs', 1);
+RESET ROLE;
+DROP POLICY pv_scope ON usage_guard.usage_events;
+-- (c) a policy that hides rows but not the tenant: ug_app sees none of
+--     pv-victim's 90 recorded units, yet its first consume loads the window
+--     as the ledger's owner, counts all 90, and 20 more are refused
+CREATE POLICY pv_hide_records ON usage_guard.usage_events TO ug_app
+    USING (kind <> 'record') WITH CHECK (true);
 GRANT SELECT ON usage_guard.usage_events TO ug_app;
 SET ROLE ug_app;
 SELECT count(*) AS victim_rows_visible_to_app FROM usage_guard.usage_events WHERE tenant_id = 'pv-victim';
@@ -131,6 +147,20 @@ SELECT allowed, decision, usage FROM usage_guard.usage_consume('pv-victim', 'pv_
 SELECT allowed, usage FROM usage_guard.usage_check('pv-victim', 'pv_msgs', 10);
 RESET ROLE;
 REVOKE SELECT ON usage_guard.usage_events FROM ug_app;
+-- (d) a restrictive WITH CHECK binds the functions' writes for its roles
+CREATE POLICY pv_small ON usage_guard.usage_events AS RESTRICTIVE FOR INSERT TO ug_app
+    WITH CHECK (amount <= 5);
+SET ROLE ug_app;
+SELECT try($$SELECT usage_guard.usage_consume('pv-victim', 'pv_msgs', 6)$$);
+SELECT allowed, usage FROM usage_guard.usage_consume('pv-victim', 'pv_msgs', 5);
+SELECT allowed, usage FROM usage_guard.usage_check('pv-victim', 'pv_msgs', 6);
+RESET ROLE;
+DROP POLICY pv_small ON usage_guard.usage_events;
+DROP POLICY pv_hide_records ON usage_guard.usage_events;
+-- (e) superusers and BYPASSRLS roles are not scoped
+SELECT allowed, usage FROM usage_guard.usage_check('pv-victim', 'pv_msgs', 1);
+CREATE POLICY pv_hide_victim ON usage_guard.usage_events
+    USING (tenant_id <> 'pv-victim') WITH CHECK (tenant_id <> 'pv-victim');
 -- A policy that binds the ledger's owner (FORCE, owner not a superuser)
 -- would make sums wrong: usage_guard refuses to load a window then.
 SELECT current_user AS superuser_name \gset

@@ -427,6 +427,8 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 		RequireWritable(fname);
 		RequireNowUnlessAdmin(at, fname);
 	}
+	RequireTenantScope(tenant_id, feature_key, amount_num, at, "consume", key, attributes,
+					   mode != CALL_CHECK);
 
 	GetPolicy(tenant_id, feature_key, &policy);
 	RequireAccess(&policy);
@@ -550,6 +552,8 @@ usage_record(PG_FUNCTION_ARGS)
 	bool		inserted;
 
 	RequireWritable("usage_record()");
+	RequireTenantScope(tenant_id, feature_key, amount_num, occurred_at, "record", key,
+					   attributes, true);
 	GetPolicy(tenant_id, feature_key, &policy);
 	RequireFeature(&policy);
 

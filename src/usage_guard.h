@@ -144,6 +144,9 @@ extern void RequireWholeLedgerVisible(Oid ledger);
 extern bool CallerIsAdmin(void);
 extern void RequireNowUnlessAdmin(TimestampTz at, const char *function);
 extern void RequireWritable(const char *function);
+extern void RequireTenantScope(const char *tenant_id, const char *feature_key, Numeric amount,
+							   TimestampTz at, const char *kind, const char *idempotency_key,
+							   Datum attributes, bool write);
 
 /* cache.c */
 extern void CacheInit(void);
