@@ -1,4 +1,4 @@
--- Idempotency: a retried request is counted once, per tenant.
+-- Idempotency: a retried request is counted once, per tenant and feature.
 SET timezone = 'UTC';
 SET datestyle = 'ISO, YMD';
 
@@ -29,3 +29,16 @@ BEGIN;
 SELECT recorded FROM usage_guard.usage_consume('idem', 'idem_msgs', 1, 'req-4', at => '2025-11-20 10:00+00');
 ROLLBACK;
 SELECT recorded FROM usage_guard.usage_consume('idem', 'idem_msgs', 1, 'req-4', at => '2025-11-20 10:00+00');
+
+-- Keys are per tenant and feature: the natural key is the request id, and
+-- one request records several features, each exactly once (seed 001).
+INSERT INTO usage_guard.features (feature_key, unit) VALUES ('idem_in', 'token'), ('idem_out', 'token');
+SELECT usage_guard.usage_record('idem', 'idem_in', 1187, '2025-11-18 10:00+00', 'req-42');
+SELECT usage_guard.usage_record('idem', 'idem_out', 311, '2025-11-18 10:00+00', 'req-42');
+SELECT allowed, recorded FROM usage_guard.usage_consume('idem', 'idem_msgs', 1, 'req-42', at => '2025-11-21 10:00+00');
+-- and each feature of the request still counts once on a retry
+SELECT usage_guard.usage_record('idem', 'idem_in', 1187, '2025-11-18 10:00+00', 'req-42');
+SELECT usage_guard.usage_record('idem', 'idem_out', 311, '2025-11-18 10:00+00', 'req-42');
+SELECT allowed, recorded FROM usage_guard.usage_consume('idem', 'idem_msgs', 1, 'req-42', at => '2025-11-21 10:00+00');
+SELECT feature_key, sum(amount), count(*) FROM usage_guard.usage_events
+ WHERE tenant_id = 'idem' AND idempotency_key = 'req-42' GROUP BY 1 ORDER BY 1;

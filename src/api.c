@@ -456,9 +456,9 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 	{
 		bool		duplicate;
 
-		LockIdempotencyKey(tenant_id, key);
+		LockIdempotencyKey(tenant_id, feature_key, key);
 		SPI_connect();
-		duplicate = IdempotencyKeyExists(tenant_id, key);
+		duplicate = IdempotencyKeyExists(tenant_id, feature_key, key);
 		SPI_finish();
 		if (duplicate)
 		{

@@ -105,7 +105,7 @@ extern void UndoLocalWrite(LocalWrite *w);
 extern bool OwnWritesIn(const CounterKey *key, TimestampTz start, TimestampTz end,
 						Amount *positive, Amount *negative);
 extern void RegisterOwnWritesIn(const CounterKey *key, TimestampTz start, TimestampTz end);
-extern void LockIdempotencyKey(const char *tenant_id, const char *key);
+extern void LockIdempotencyKey(const char *tenant_id, const char *feature_key, const char *key);
 extern void LockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode);
 extern bool ConditionalLockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode);
 extern void UnlockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode);

@@ -44,16 +44,21 @@ static CachedQuery window_sum_query = {
 
 static CachedQuery key_query = {
 	"SELECT 1 FROM usage_guard.usage_events"
-	" WHERE tenant_id = $1 AND idempotency_key = $2",
-	2, {TEXTOID, TEXTOID}
+	" WHERE tenant_id = $1 AND feature_key = $2 AND idempotency_key = $3",
+	3, {TEXTOID, TEXTOID, TEXTOID}
 };
 
+/*
+ * No conflict target: the only unique index a row with a key can conflict
+ * on is the idempotency index, whichever shape the installed SQL gave it
+ * (per tenant before 0.5.0, per tenant and feature since), so this library
+ * works between its install and ALTER EXTENSION UPDATE.
+ */
 static CachedQuery insert_query = {
 	"INSERT INTO usage_guard.usage_events"
 	" (tenant_id, feature_key, amount, occurred_at, kind, idempotency_key, attributes)"
 	" VALUES ($1, $2, $3, $4, $5, $6, $7)"
-	" ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL"
-	" DO NOTHING",
+	" ON CONFLICT DO NOTHING",
 	7, {TEXTOID, TEXTOID, NUMERICOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, JSONBOID}
 };
 
@@ -90,15 +95,16 @@ LedgerWindowSum(const char *tenant_id, const char *feature_key,
 	return sum;
 }
 
-/* Was this idempotency key already recorded for the tenant (visible to us)? */
+/* Was this idempotency key already recorded for the tenant's feature (visible to us)? */
 bool
-IdempotencyKeyExists(const char *tenant_id, const char *key)
+IdempotencyKeyExists(const char *tenant_id, const char *feature_key, const char *key)
 {
-	Datum		values[2];
+	Datum		values[3];
 	InternalContext ctx;
 
 	values[0] = CStringGetTextDatum(tenant_id);
-	values[1] = CStringGetTextDatum(key);
+	values[1] = CStringGetTextDatum(feature_key);
+	values[2] = CStringGetTextDatum(key);
 	BeginInternal(&ctx, true);
 	RequireWholeLedgerVisible(LedgerRelid());
 	RunQueryLatest(&key_query, values, NULL, 1);

@@ -166,7 +166,7 @@ extern Amount LedgerWindowSum(const char *tenant_id, const char *feature_key,
 							  TimestampTz start, TimestampTz end);
 extern LocalWrite *CountLedgerRow(const char *tenant_id, const char *feature_key,
 								  TimestampTz at, Amount amount, bool undoable);
-extern bool IdempotencyKeyExists(const char *tenant_id, const char *key);
+extern bool IdempotencyKeyExists(const char *tenant_id, const char *feature_key, const char *key);
 extern bool InsertUsageEvent(const char *tenant_id, const char *feature_key,
 							 Numeric amount, TimestampTz occurred_at,
 							 const char *kind, const char *idempotency_key,

@@ -75,15 +75,16 @@ UnlockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode)
 }
 
 /*
- * Serialize requests that carry the same idempotency key for a tenant, so a
- * retry arriving while the original is in flight waits for its outcome
- * instead of being decided beside it.
+ * Serialize requests that carry the same idempotency key for a tenant's
+ * feature, so a retry arriving while the original is in flight waits for
+ * its outcome instead of being decided beside it.
  */
 void
-LockIdempotencyKey(const char *tenant_id, const char *key)
+LockIdempotencyKey(const char *tenant_id, const char *feature_key, const char *key)
 {
 	LOCKTAG		tag;
-	uint32		h1 = hash_bytes((const unsigned char *) tenant_id, strlen(tenant_id));
+	uint32		h1 = hash_combine(hash_bytes((const unsigned char *) tenant_id, strlen(tenant_id)),
+								  hash_bytes((const unsigned char *) feature_key, strlen(feature_key)));
 	uint32		h2 = hash_bytes((const unsigned char *) key, strlen(key));
 
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, h1, h2, UG_LOCKTAG_FIELD4 + 1);

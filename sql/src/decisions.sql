@@ -79,7 +79,7 @@ RETURNS boolean
 AS 'MODULE_PATHNAME', 'usage_record'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION usage_guard.usage_record(text, text, numeric, timestamptz, text, jsonb) IS
-    'Records actual usage unconditionally (post-paid); false when the idempotency key was already recorded for the tenant';
+    'Records actual usage unconditionally (post-paid); false when the idempotency key was already recorded for the tenant''s feature';
 
 --------------------------------------------------------------------------
 -- Windows

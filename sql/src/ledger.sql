@@ -36,8 +36,10 @@ CREATE TABLE usage_guard.usage_events (
     attributes      jsonb NOT NULL DEFAULT '{}',
     CONSTRAINT usage_events_pkey PRIMARY KEY (tenant_id, feature_key, occurred_at, event_id) INCLUDE (amount)
 );
+-- Idempotency keys are unique per tenant and feature: one request (one key)
+-- records each of its features once.
 CREATE UNIQUE INDEX usage_events_idempotency_key
-    ON usage_guard.usage_events (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+    ON usage_guard.usage_events (tenant_id, feature_key, idempotency_key) WHERE idempotency_key IS NOT NULL;
 COMMENT ON TABLE usage_guard.usage_events IS
     'The usage ledger: one row per unit of recorded usage; append-only. Totals, counters and caches are derived from it.';
 
