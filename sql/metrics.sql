@@ -18,7 +18,7 @@ SET client_min_messages = log;
 SELECT allowed, decision FROM usage_guard.usage_consume('met', 'met_msgs', 2, at => '2025-11-18 10:00+00');
 SELECT allowed, decision FROM usage_guard.usage_consume('met', 'met_msgs', 1, at => '2025-11-18 10:00+00');
 SELECT allowed, decision FROM usage_guard.usage_consume('met', 'met_msgs', 1, at => '2025-11-18 10:00+00');
--- a check counts but does not log
+-- a check is counted apart (usage_guard_checks_total): no decision, no limit hit, no log
 SELECT allowed, decision FROM usage_guard.usage_check('met', 'met_msgs', 5, '2025-11-18 10:00+00');
 SET usage_guard.log_limit_hits = off;
 SELECT allowed, decision FROM usage_guard.usage_consume('met', 'met_msgs', 1, at => '2025-11-18 10:00+00');

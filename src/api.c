@@ -323,16 +323,22 @@ TableRead(const Policy *policy, FeatureLimit *limits, int n)
 	SPI_finish();
 }
 
-/* Count the decision and its latency; log a limit hit of a consume */
+/*
+ * Count the decision and its latency; log a limit hit of a consume.  Checks
+ * (no side effect) are counted apart from decisions and limit hits.
+ */
 static void
-Observe(const Decision *d, instr_time started, bool log_hit)
+Observe(const Decision *d, instr_time started, CallMode mode, bool log_hit)
 {
 	instr_time	elapsed;
 
 	INSTR_TIME_SET_CURRENT(elapsed);
 	INSTR_TIME_SUBTRACT(elapsed, started);
 	MetricsObserveLatency(elapsed);
-	MetricsCountDecision(d, log_hit);
+	if (mode == CALL_CHECK)
+		MetricsCountCheck(d);
+	else
+		MetricsCountDecision(d, log_hit);
 }
 
 /* The decision as a usage_guard.usage_decision row */
@@ -448,7 +454,7 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 		if (!fast || !FastRead(&ckey, hash, &policy, limits, n))
 			TableRead(&policy, limits, n);
 		d = EvaluateLimits(tenant_id, policy.plan_code, feature_key, limits, n, amount);
-		Observe(d, started, false);
+		Observe(d, started, mode, false);
 		return DecisionDatum(fcinfo, d, amount_num);
 	}
 
@@ -469,7 +475,7 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 			d->allowed = true;
 			d->kind = DECISION_ALLOW;
 			d->requested = amount;
-			Observe(d, started, false);
+			Observe(d, started, mode, false);
 			return DecisionDatum(fcinfo, d, amount_num);
 		}
 	}
@@ -502,7 +508,7 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 			UndoLocalWrite(write);
 	}
 
-	Observe(d, started, true);
+	Observe(d, started, mode, true);
 	if (mode == CALL_ENFORCE && !d->allowed)
 		RaiseLimitExceeded(d);
 	if (d->recorded && d->kind == DECISION_SOFT_LIMIT)

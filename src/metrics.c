@@ -32,7 +32,8 @@ typedef enum MetricKind
 {
 	METRIC_DECISION,
 	METRIC_LIMIT_HIT,
-	METRIC_POLICY_ERROR
+	METRIC_POLICY_ERROR,
+	METRIC_CHECK
 } MetricKind;
 
 typedef struct MetricKey
@@ -162,7 +163,18 @@ Increment(MetricKind kind, int code, const char *plan_code, const char *feature_
 		pg_atomic_fetch_add_u64(&metrics->dropped, 1);
 }
 
-/* Count a decision (and its limit hit); log the hit for side-effecting calls */
+/*
+ * Count a side-effect-free check (usage_check) apart from decisions: a
+ * dashboard polling usage_check must not look like a flood of limit hits.
+ */
+void
+MetricsCountCheck(const Decision *d)
+{
+	if (metrics != NULL)
+		Increment(METRIC_CHECK, d->kind, d->plan_code, NULL);
+}
+
+/* Count an enforcing decision (and its limit hit); log the hit if asked */
 void
 MetricsCountDecision(const Decision *d, bool log_hit)
 {
@@ -268,7 +280,11 @@ usage_guard_metrics(PG_FUNCTION_ARGS)
 		MetricEntry *c = lfirst(lc);
 		double		v = (double) pg_atomic_read_u64(&c->value);
 
-		if (c->key.kind == METRIC_DECISION)
+		if (c->key.kind == METRIC_CHECK)
+			PutRow(rsinfo, "usage_guard_checks_total",
+				   psprintf("{\"decision\": %s, \"plan_code\": %s}",
+							JsonString(decisions[c->key.code]), JsonString(c->key.plan_code)), v);
+		else if (c->key.kind == METRIC_DECISION)
 			PutRow(rsinfo, "usage_guard_decisions_total",
 				   psprintf("{\"decision\": %s, \"plan_code\": %s}",
 							JsonString(decisions[c->key.code]), JsonString(c->key.plan_code)), v);

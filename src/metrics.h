@@ -14,6 +14,7 @@ extern bool usage_guard_log_limit_hits;
 extern void MetricsShmemRequest(void);
 extern void MetricsShmemStartup(void);
 extern void MetricsCountDecision(const Decision *d, bool log_hit);
+extern void MetricsCountCheck(const Decision *d);
 extern void MetricsCountPolicyError(const char *plan_code, bool no_subscription);
 extern void MetricsObserveLatency(instr_time elapsed);
 

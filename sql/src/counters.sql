@@ -63,7 +63,7 @@ RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'usage_guard_metrics'
 LANGUAGE C STRICT VOLATILE;
 COMMENT ON FUNCTION usage_guard.metrics() IS
-    'Metrics of this database as rows: usage_guard_decisions_total{decision,plan_code}, usage_guard_limit_hits_total{plan_code,limit_type,feature_key}, usage_guard_policy_errors_total{reason,plan_code}, usage_guard_decision_duration_seconds (histogram, whole server), usage_guard_metrics_dropped_total; empty without shared_preload_libraries';
+    'Metrics of this database as rows: usage_guard_decisions_total{decision,plan_code} (enforcing calls), usage_guard_checks_total{decision,plan_code} (usage_check), usage_guard_limit_hits_total{plan_code,limit_type,feature_key} (enforcing calls), usage_guard_policy_errors_total{reason,plan_code}, usage_guard_decision_duration_seconds (histogram, whole server), usage_guard_metrics_dropped_total; empty without shared_preload_libraries';
 
 CREATE FUNCTION usage_guard.metrics_text()
 RETURNS text
@@ -76,9 +76,11 @@ BEGIN ATOMIC
           FROM usage_guard.metrics()
     ), families (family, kind, help) AS (
         VALUES ('usage_guard_decisions_total', 'counter',
-                'Guardrail evaluations (usage_check, usage_consume, usage_enforce) by decision and plan.'),
+                'Enforcing evaluations (usage_consume, usage_enforce, metered INSERT) by decision and plan.'),
+               ('usage_guard_checks_total', 'counter',
+                'Side-effect-free checks (usage_check) by decision and plan; not in decisions or limit hits.'),
                ('usage_guard_limit_hits_total', 'counter',
-                'Soft and hard limit hits by plan, limit type and feature.'),
+                'Soft and hard limit hits of enforcing evaluations by plan, limit type and feature.'),
                ('usage_guard_policy_errors_total', 'counter',
                 'Requests refused because the tenant has no active subscription (usage_policy_configuration_error), by reason.'),
                ('usage_guard_decision_duration_seconds', 'histogram',

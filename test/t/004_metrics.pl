@@ -59,7 +59,11 @@ is($sample{'usage_guard_decisions_total|decision=allow,plan_code=free'}, '3.0', 
 is($sample{'usage_guard_decisions_total|decision=soft_limit,plan_code=free'}, '2.0', 'soft-limit decisions of free');
 is($sample{'usage_guard_decisions_total|decision=hard_limit,plan_code=free'}, '2.0', 'hard-limit decisions of free');
 is($sample{'usage_guard_decisions_total|decision=allow,plan_code=pro'}, '4.0', 'allowed decisions of pro');
-is($sample{'usage_guard_decisions_total|decision=hard_limit,plan_code=pro'}, '1.0', 'a blocked check counts too');
+# a check is counted apart: read-only polling never looks like a limit hit
+ok(!exists $sample{'usage_guard_decisions_total|decision=hard_limit,plan_code=pro'}, 'a check is not a decision');
+is($sample{'usage_guard_checks_total|decision=hard_limit,plan_code=pro'}, '1.0', 'a blocked check counts as a check');
+ok(!exists $sample{'usage_guard_limit_hits_total|feature_key=msgs,limit_type=hard_limit,plan_code=pro'},
+    'a blocked check is not a limit hit');
 is($sample{'usage_guard_limit_hits_total|feature_key=msgs,limit_type=hard_limit,plan_code=free'}, '2.0',
     'hard limit hits by plan and feature');
 is($sample{'usage_guard_limit_hits_total|feature_key=msgs,limit_type=soft_limit,plan_code=free'}, '2.0',
@@ -69,6 +73,44 @@ is($sample{'usage_guard_policy_errors_total|plan_code=,reason=no_subscription'},
 is($sample{'type:usage_guard_decision_duration_seconds_count'}, 'histogram', 'latency is a histogram');
 is($sample{'usage_guard_decision_duration_seconds_count|'}, '12.0', 'every decision was timed');
 is($sample{'usage_guard_decision_duration_seconds_bucket|le=+Inf'}, '12.0', 'the +Inf bucket holds all');
+
+# every query of docs/prometheus/queries.yaml runs and returns the columns
+# its metrics name (histogram columns with _bucket, _sum, _count), as
+# prometheus-postgres-exporter reads them
+my $lister = <<'PY';
+import sys, yaml
+for key, q in yaml.safe_load(open(sys.argv[1])).items():
+    cols = []
+    for m in q["metrics"]:
+        for name, spec in m.items():
+            cols.append(name)
+            if spec["usage"] == "HISTOGRAM":
+                cols += [name + "_bucket", name + "_sum", name + "_count"]
+    print("%s\t%s\t%s" % (key, ",".join(cols), q["query"]))
+PY
+my $queries;
+ok(IPC::Run::run([ '/usr/bin/python3', '-c', $lister, "$ENV{TESTDIR}/docs/prometheus/queries.yaml" ],
+        '>', \$queries, '2>', \$stderr), 'queries.yaml parses') or diag($stderr);
+my %keys;
+for my $line (split /\n/, $queries)
+{
+    my ($key, $cols, $sql) = split /\t/, $line, 3;
+    $keys{$key} = 1;
+    my ($rc, $out, $err) = $node->psql('postgres', "\\pset tuples_only off\n\\pset footer off\n$sql");
+    is($rc, 0, "queries.yaml $key runs") or diag($err);
+    my ($header) = split /\n/, $out;
+    is_deeply([ sort split /\|/, ($header // '') ], [ sort split /,/, $cols ], "queries.yaml $key returns its columns");
+}
+ok($keys{$_}, "queries.yaml exports $_") for qw(usage_guard_decisions usage_guard_checks usage_guard_limit_hits
+    usage_guard_policy_errors usage_guard_decision usage_guard_metrics);
+my $hist = $node->safe_psql('postgres', q{
+    SELECT array_length(duration_seconds, 1) = array_length(duration_seconds_bucket, 1),
+           duration_seconds_count = 12
+      FROM (SELECT array_agg((labels->>'le')::float8 ORDER BY (labels->>'le')::float8) AS duration_seconds,
+                   array_agg(value::bigint ORDER BY (labels->>'le')::float8) AS duration_seconds_bucket,
+                   (SELECT value::bigint FROM usage_guard.metrics() WHERE metric = 'usage_guard_decision_duration_seconds_count') AS duration_seconds_count
+              FROM usage_guard.metrics() WHERE metric = 'usage_guard_decision_duration_seconds_bucket' AND labels->>'le' <> '+Inf') h});
+is($hist, 't|t', 'the histogram query gives one count per bound and the total count');
 
 # one JSON line per limit hit of a consume (4 here), none for the check
 my $log = slurp_file($node->logfile);
