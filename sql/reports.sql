@@ -60,6 +60,23 @@ SELECT count(*) FROM (
 SELECT rank, tenant_id, plan_code, usage, events, share FROM usage_guard.top_consumers('rep_msgs', '1 hour', 2);
 SELECT tenant_id, feature_key, recent_usage, baseline_usage, ratio
   FROM usage_guard.usage_anomalies('rep_msgs', '1 hour', 3) WHERE tenant_id LIKE 'rep-%';
+-- unequal spans (seed 003): the last 5 minutes against the hourly rate a
+-- day earlier, compared as rates.  rep-s: 10 now vs 24/hour (2 per 5 min)
+-- then: 5x; rep-q: 3 now vs 60/hour (5 per 5 min): below.  With the
+-- default baseline (the same 5 minutes a day earlier) there is no baseline.
+INSERT INTO usage_guard.features (feature_key) VALUES ('rep_anom');
+SELECT count(*) FROM (
+    SELECT usage_guard.usage_record('rep-s', 'rep_anom', 10, '2025-11-18 11:58+00')
+    UNION ALL SELECT usage_guard.usage_record('rep-s', 'rep_anom', 24, '2025-11-17 11:30+00')
+    UNION ALL SELECT usage_guard.usage_record('rep-q', 'rep_anom', 3, '2025-11-18 11:59+00')
+    UNION ALL SELECT usage_guard.usage_record('rep-q', 'rep_anom', 60, '2025-11-17 11:10+00')) x;
+SELECT tenant_id, recent_usage, baseline_usage, ratio
+  FROM usage_guard.usage_anomalies('rep_anom', '5 minutes', 3, at => '2025-11-18 12:00+00', baseline => '1 hour')
+ ORDER BY tenant_id;
+SELECT tenant_id, recent_usage, baseline_usage, ratio
+  FROM usage_guard.usage_anomalies('rep_anom', '5 minutes', 3, at => '2025-11-18 12:00+00')
+ ORDER BY tenant_id;
+SELECT try($$SELECT * FROM usage_guard.usage_anomalies('rep_anom', '2 hours', baseline_offset => '1 hour')$$);
 SELECT try($$SELECT * FROM usage_guard.top_consumers('nope', '1 hour', 5)$$);
 SELECT try($$SELECT * FROM usage_guard.top_consumers('rep_msgs', '-1 hour', 5)$$);
 

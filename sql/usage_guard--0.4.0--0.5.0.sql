@@ -63,3 +63,88 @@ BEGIN ATOMIC
     SELECT string_agg(line, E'\n' ORDER BY family, part, sortnum, sortkey) || E'\n'
       FROM lines;
 END;
+
+-- usage_anomalies takes the baseline span apart from the recent one (seed
+-- 003: the last 5 minutes against the hourly rate a day earlier) and
+-- compares rates; with the defaults it is the same as before.
+DROP FUNCTION usage_guard.usage_anomalies(text, interval, numeric, numeric, timestamptz);
+DROP FUNCTION usage_guard.usage_anomalies_rows(text, interval, numeric, numeric, timestamptz);
+CREATE FUNCTION usage_guard.usage_anomalies_rows(
+    in_feature_key text, in_recent interval, in_factor numeric, in_min_usage numeric,
+    in_at timestamptz, in_baseline interval, in_baseline_offset interval)
+RETURNS TABLE (tenant_id text, feature_key text, recent_usage numeric, baseline_usage numeric, ratio numeric)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_feature ALIAS FOR $1;
+    p_recent  ALIAS FOR $2;
+    p_factor  ALIAS FOR $3;
+    p_min     ALIAS FOR $4;
+    p_at      ALIAS FOR $5;
+    p_base    interval := coalesce($6, $2);
+    p_offset  ALIAS FOR $7;
+    -- baseline usage scaled to the recent span: compares rates, not totals
+    p_scale   numeric;
+BEGIN
+    IF p_recent IS NULL OR p_factor IS NULL OR p_min IS NULL OR p_at IS NULL OR p_offset IS NULL THEN
+        RAISE EXCEPTION 'recent, factor, min_usage, at and baseline_offset must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_recent <= interval '0' OR p_base <= interval '0' OR p_factor <= 0 THEN
+        RAISE EXCEPTION 'recent and baseline must be positive and factor positive' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_offset < p_recent THEN
+        RAISE EXCEPTION 'baseline_offset must be at least recent'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The baseline ends baseline_offset before at; it must not overlap the recent span.';
+    END IF;
+    p_scale := extract(epoch FROM p_recent) / extract(epoch FROM p_base);
+    RETURN QUERY
+    WITH r AS (
+        SELECT e.tenant_id, e.feature_key, sum(e.amount) AS recent_usage
+          FROM usage_guard.usage_events e
+         WHERE (p_feature IS NULL OR e.feature_key = p_feature)
+           AND e.occurred_at >= p_at - p_recent AND e.occurred_at < p_at
+         GROUP BY 1, 2
+    ), b AS (
+        SELECT e.tenant_id, e.feature_key, sum(e.amount) AS baseline_usage
+          FROM usage_guard.usage_events e
+         WHERE (p_feature IS NULL OR e.feature_key = p_feature)
+           AND e.occurred_at >= p_at - p_offset - p_base AND e.occurred_at < p_at - p_offset
+         GROUP BY 1, 2
+    )
+    SELECT r.tenant_id, r.feature_key, r.recent_usage, coalesce(b.baseline_usage, 0),
+           round(r.recent_usage / nullif(b.baseline_usage * p_scale, 0), 2)
+      FROM r LEFT JOIN b USING (tenant_id, feature_key)
+     WHERE r.recent_usage >= p_min
+       AND r.recent_usage > p_factor * coalesce(b.baseline_usage * p_scale, 0)
+     ORDER BY r.recent_usage / nullif(b.baseline_usage * p_scale, 0) DESC NULLS FIRST, r.recent_usage DESC;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.usage_anomalies_rows(text, interval, numeric, numeric, timestamptz, interval, interval) IS
+    'Internal: the body of usage_guard.usage_anomalies';
+
+CREATE FUNCTION usage_guard.usage_anomalies(
+    feature_key     text DEFAULT NULL,
+    recent          interval DEFAULT '1 hour',
+    factor          numeric DEFAULT 3,
+    min_usage       numeric DEFAULT 1,
+    at              timestamptz DEFAULT now(),
+    baseline        interval DEFAULT NULL,
+    baseline_offset interval DEFAULT '1 day')
+RETURNS TABLE (tenant_id text, feature_key text, recent_usage numeric, baseline_usage numeric, ratio numeric)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT * FROM usage_guard.usage_anomalies_rows($1, $2, $3, $4, $5, $6, $7);
+END;
+COMMENT ON FUNCTION usage_guard.usage_anomalies(text, interval, numeric, numeric, timestamptz, interval, interval) IS
+    'Tenants whose usage rate in the last `recent` is more than factor times their rate over `baseline` (default: the same span) ending baseline_offset (default 1 day) before at, and at least min_usage; baseline_usage is the baseline span''s total, ratio the ratio of rates (NULL = no baseline usage)';
+REVOKE ALL ON FUNCTION
+    usage_guard.usage_anomalies(text, interval, numeric, numeric, timestamptz, interval, interval),
+    usage_guard.usage_anomalies_rows(text, interval, numeric, numeric, timestamptz, interval, interval)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    usage_guard.usage_anomalies(text, interval, numeric, numeric, timestamptz, interval, interval),
+    usage_guard.usage_anomalies_rows(text, interval, numeric, numeric, timestamptz, interval, interval)
+    TO usage_guard_reader;
