@@ -72,3 +72,10 @@ install-ctl: usage_guard_ctl
 	$(MKDIR_P) '$(DESTDIR)$(bindir)'
 	$(INSTALL_PROGRAM) usage_guard_ctl '$(DESTDIR)$(bindir)/usage_guard_ctl'
 EXTRA_CLEAN += usage_guard_ctl
+
+# Debian's $(bindir) is not on PATH (its psql is a wrapper): a symlink there.
+LINKDIR ?= /usr/local/bin
+.PHONY: install-link
+install-link: install-ctl
+	$(MKDIR_P) '$(DESTDIR)$(LINKDIR)'
+	ln -sf '$(bindir)/usage_guard_ctl' '$(DESTDIR)$(LINKDIR)/usage_guard_ctl'

@@ -55,6 +55,14 @@ SELECT try_detail($$SELECT usage_guard.usage_enforce('lapsed', 'err_msgs')$$);
 -- past_due does not grant access either; trialing does
 UPDATE usage_guard.tenant_subscriptions SET status = 'past_due' WHERE tenant_id = 'lapsed';
 SELECT try($$SELECT usage_guard.usage_check('lapsed', 'err_msgs')$$);
+-- every UG003 has one shape, from the decisions and from usage_status
+-- (the same JSON keys; the raw DETAIL text is the C one, see reports; feature_key null when the
+-- call is not about one feature)
+SELECT try($$SELECT usage_guard.usage_status('lapsed')$$);
+SELECT try_detail($$SELECT usage_guard.usage_status('lapsed')$$);
+SELECT try_detail($$SELECT usage_guard.usage_status('nobody')$$);
+SELECT array(SELECT jsonb_object_keys(try_detail($$SELECT usage_guard.usage_check('nobody', 'err_msgs')$$)))
+     = array(SELECT jsonb_object_keys(try_detail($$SELECT usage_guard.usage_status('nobody')$$))) AS same_keys;
 UPDATE usage_guard.tenant_subscriptions SET status = 'trialing' WHERE tenant_id = 'lapsed';
 SELECT try($$SELECT usage_guard.usage_check('lapsed', 'err_msgs')$$);
 SELECT (SELECT count(*) FROM usage_guard.usage_events) - n AS new_events FROM before;

@@ -148,3 +148,48 @@ GRANT EXECUTE ON FUNCTION
     usage_guard.usage_anomalies(text, interval, numeric, numeric, timestamptz, interval, interval),
     usage_guard.usage_anomalies_rows(text, interval, numeric, numeric, timestamptz, interval, interval)
     TO usage_guard_reader;
+
+-- Every UG003 has one shape: usage_status raises it through the same C code
+-- as the decisions (its DETAIL had no feature_key and other spacing).
+CREATE FUNCTION usage_guard.raise_policy_error(
+    tenant_id   text,
+    feature_key text,
+    plan_code   text,
+    status      text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'usage_guard_raise_policy_error'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION usage_guard.raise_policy_error(text, text, text, text) IS
+    'Internal: raises usage_policy_configuration_error (UG003) for a tenant as the decision functions do; plan_code NULL = no subscription';
+CREATE OR REPLACE FUNCTION usage_guard.usage_status(tenant_id text, at timestamptz DEFAULT now())
+RETURNS TABLE (feature_key text, unit text, period text, usage numeric, soft_limit numeric,
+               hard_limit numeric, remaining numeric, percent_used numeric, status text,
+               window_start timestamptz, window_end timestamptz, resets_at timestamptz,
+               limit_source text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_tenant ALIAS FOR $1;
+    p_at     ALIAS FOR $2;
+    v_status text;
+    v_plan   text;
+BEGIN
+    IF p_tenant IS NULL OR p_at IS NULL THEN
+        RAISE EXCEPTION 'tenant_id and at must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT s.status, s.plan_code INTO v_status, v_plan
+      FROM usage_guard.tenant_subscriptions s WHERE s.tenant_id = p_tenant;
+    IF NOT FOUND OR v_status NOT IN ('active', 'trialing') THEN
+        PERFORM usage_guard.raise_policy_error(p_tenant, NULL, v_plan, v_status);
+    END IF;
+    RETURN QUERY
+    SELECT w.feature_key, w.unit, w.period, w.usage, w.soft_limit, w.hard_limit, w.remaining,
+           w.percent_used, usage_guard.limit_status(w.usage, w.soft_limit, w.hard_limit),
+           w.window_start, w.window_end, w.window_end, w.limit_source
+      FROM usage_guard.limit_windows(p_tenant, p_at) w
+     ORDER BY w.feature_key, w.window_end - w.window_start, w.period;
+END
+$$;
+REVOKE ALL ON FUNCTION usage_guard.raise_policy_error(text, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION usage_guard.raise_policy_error(text, text, text, text) TO usage_guard_reader;

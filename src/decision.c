@@ -327,3 +327,34 @@ RaisePolicyError(const char *tenant_id, const char *feature_key, const Policy *p
 				 errdetail_internal("%s", buf.data),
 				 errhint("Only an active or trialing subscription grants access; update usage_guard.tenant_subscriptions.status.")));
 }
+
+PG_FUNCTION_INFO_V1(usage_guard_raise_policy_error);
+/*
+ * usage_guard.raise_policy_error(tenant_id, feature_key, plan_code, status):
+ * UG003 exactly as the decisions raise it, for SQL callers (usage_status),
+ * so that every usage_policy_configuration_error has one shape.  NULL
+ * plan_code: no subscription; feature_key may be NULL.
+ */
+Datum
+usage_guard_raise_policy_error(PG_FUNCTION_ARGS)
+{
+	Policy		policy;
+	char	   *tenant_id;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("tenant_id must not be NULL")));
+	tenant_id = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	memset(&policy, 0, sizeof(policy));
+	if (!PG_ARGISNULL(2))
+	{
+		policy.has_subscription = true;
+		strlcpy(policy.plan_code, text_to_cstring(PG_GETARG_TEXT_PP(2)), sizeof(policy.plan_code));
+		strlcpy(policy.status, PG_ARGISNULL(3) ? "" : text_to_cstring(PG_GETARG_TEXT_PP(3)),
+				sizeof(policy.status));
+	}
+	RaisePolicyError(tenant_id, PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)),
+					 &policy);
+	PG_RETURN_VOID();
+}

@@ -81,6 +81,19 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION usage_guard.usage_record(text, text, numeric, timestamptz, text, jsonb) IS
     'Records actual usage unconditionally (post-paid); false when the idempotency key was already recorded for the tenant''s feature';
 
+-- UG003 exactly as the decisions raise it, for SQL callers: every
+-- usage_policy_configuration_error has one shape (message, hint, JSON).
+CREATE FUNCTION usage_guard.raise_policy_error(
+    tenant_id   text,
+    feature_key text,
+    plan_code   text,
+    status      text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'usage_guard_raise_policy_error'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION usage_guard.raise_policy_error(text, text, text, text) IS
+    'Internal: raises usage_policy_configuration_error (UG003) for a tenant as the decision functions do; plan_code NULL = no subscription';
+
 --------------------------------------------------------------------------
 -- Windows
 --------------------------------------------------------------------------

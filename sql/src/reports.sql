@@ -214,12 +214,7 @@ BEGIN
     SELECT s.status, s.plan_code INTO v_status, v_plan
       FROM usage_guard.tenant_subscriptions s WHERE s.tenant_id = p_tenant;
     IF NOT FOUND OR v_status NOT IN ('active', 'trialing') THEN
-        RAISE EXCEPTION 'tenant "%" has no active subscription', p_tenant
-            USING ERRCODE = 'UG003',
-                  DETAIL = jsonb_build_object('code', 'usage_policy_configuration_error',
-                                              'reason', CASE WHEN v_status IS NULL THEN 'no_subscription' ELSE 'subscription_inactive' END,
-                                              'tenant_id', p_tenant, 'plan_code', v_plan, 'status', v_status)::text,
-                  HINT = 'Only an active or trialing subscription has usage limits.';
+        PERFORM usage_guard.raise_policy_error(p_tenant, NULL, v_plan, v_status);
     END IF;
     RETURN QUERY
     SELECT w.feature_key, w.unit, w.period, w.usage, w.soft_limit, w.hard_limit, w.remaining,
