@@ -47,6 +47,7 @@ usage(FILE *out)
 			"Usage:\n"
 			"  %s [--dbname CONNSTR] sync-entitlements [--path FILE] [--plan P]... [--dry-run]\n"
 			"                        [--prune-missing] [--allow-disabled-artifact]\n"
+			"  %s [--dbname CONNSTR] export-entitlements [--path FILE] [--plan P]...\n"
 			"  %s [--dbname CONNSTR] export-report --period-start TS --period-end TS [--tenant T]\n"
 			"                        [--plan P] [--feature F]... [--warn-threshold X]\n"
 			"                        [--output-json FILE] [--output-csv FILE] [--no-json] [--no-csv]\n"
@@ -54,7 +55,7 @@ usage(FILE *out)
 			"Defaults: --path %s, --output-json %s, --output-csv %s.\n"
 			"Connection: libpq environment (PGHOST, PGPORT, PGUSER, PGDATABASE) or --dbname.\n"
 			"Exit codes: 0 ok, 1 usage, 2 connection, 3 refused by the database, 4 file error.\n",
-			progname, progname, progname, progname, DEFAULT_ARTIFACT, DEFAULT_JSON, DEFAULT_CSV);
+			progname, progname, progname, progname, progname, DEFAULT_ARTIFACT, DEFAULT_JSON, DEFAULT_CSV);
 }
 
 static void die(int code, const char *fmt,...) __attribute__((format(printf, 2, 3), noreturn));
@@ -292,6 +293,53 @@ sync_entitlements(int argc, char **argv)
 	return 0;
 }
 
+/* export-entitlements: the artifact of the catalog's plans, to a file */
+static int
+export_entitlements(int argc, char **argv)
+{
+	static struct option opts[] = {
+		{"path", required_argument, NULL, 'p'},
+		{"plan", required_argument, NULL, 'P'},
+		{NULL, 0, NULL, 0}
+	};
+	const char *path = DEFAULT_ARTIFACT;
+	char	   *plans[MAX_LIST];
+	int			nplans = 0;
+	int			c;
+	const char *params[1];
+	PGresult   *res;
+	FILE	   *f;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1)
+	{
+		switch (c)
+		{
+			case 'p':
+				path = optarg;
+				break;
+			case 'P':
+				append_value(plans, &nplans, "--plan", optarg);
+				break;
+			default:
+				usage(stderr);
+				return EXIT_USAGE;
+		}
+	}
+	no_arguments_left(argc, argv);
+
+	params[0] = nplans > 0 ? text_array(plans, nplans) : NULL;
+	res = run("SELECT jsonb_pretty(usage_guard.entitlements_artifact($1::text[])),"
+			  "       jsonb_array_length(usage_guard.entitlements_artifact($1::text[]) -> 'plans')",
+			  1, params, PGRES_TUPLES_OK);
+	f = open_output(path);
+	if (fprintf(f, "%s\n", PQgetvalue(res, 0, 0)) < 0 || fclose(f) != 0)
+		die(EXIT_FILE, "could not write \"%s\": %s", path, strerror(errno));
+	printf("wrote %s plan(s) to %s\n", PQgetvalue(res, 0, 1), path);
+	PQclear(res);
+	return 0;
+}
+
 static int
 export_report(int argc, char **argv)
 {
@@ -499,7 +547,7 @@ main(int argc, char **argv)
 	}
 	command = argv[first];
 	if (strcmp(command, "sync-entitlements") != 0 && strcmp(command, "export-report") != 0 &&
-		strcmp(command, "status") != 0)
+		strcmp(command, "status") != 0 && strcmp(command, "export-entitlements") != 0)
 	{
 		fprintf(stderr, "%s: unknown command \"%s\"\n", progname, command);
 		usage(stderr);
@@ -511,6 +559,8 @@ main(int argc, char **argv)
 		rc = sync_entitlements(argc - first, argv + first);
 	else if (strcmp(command, "export-report") == 0)
 		rc = export_report(argc - first, argv + first);
+	else if (strcmp(command, "export-entitlements") == 0)
+		rc = export_entitlements(argc - first, argv + first);
 	else
 		rc = status(argc - first, argv + first);
 	if (conn != NULL)

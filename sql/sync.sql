@@ -53,3 +53,9 @@ SELECT try($$SELECT usage_guard.sync_entitlements('{"guardrails_enabled": false,
 SELECT count(*) FROM usage_guard.sync_entitlements('{"guardrails_enabled": false, "plans": []}', allow_disabled_artifact => true);
 SELECT plan_code, feature_key, period, soft_limit, hard_limit FROM usage_guard.plan_features
  WHERE plan_code LIKE 'syn_%' ORDER BY 1, 2, 3;
+
+-- the artifact of the catalog itself (seed 000's setup step): syncing it
+-- back changes nothing, even with prune_missing
+SELECT jsonb_pretty(usage_guard.entitlements_artifact(ARRAY['syn_pro']) - 'generated_at');
+SELECT count(*) AS changes FROM usage_guard.sync_entitlements(usage_guard.entitlements_artifact(), dry_run => true, prune_missing => true);
+SELECT try($$SELECT usage_guard.entitlements_artifact(ARRAY['no_such_plan'])$$);

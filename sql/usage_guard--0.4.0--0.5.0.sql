@@ -193,3 +193,47 @@ END
 $$;
 REVOKE ALL ON FUNCTION usage_guard.raise_policy_error(text, text, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION usage_guard.raise_policy_error(text, text, text, text) TO usage_guard_reader;
+
+-- The artifact sync_entitlements reads, written from the catalog (seed 000's
+-- setup step): database -> file -> another database round-trips.  Every
+-- listed plan is in it, those without features with an empty list, so a
+-- sync with prune_missing reproduces the source exactly.
+CREATE FUNCTION usage_guard.entitlements_artifact(plans text[] DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_plans ALIAS FOR $1;
+    missing text;
+BEGIN
+    SELECT p INTO missing FROM unnest(p_plans) AS p
+     WHERE p IS NULL OR NOT EXISTS (SELECT 1 FROM usage_guard.plans x WHERE x.plan_code = p)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'plan "%" does not exist', coalesce(missing, 'NULL')
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN jsonb_build_object(
+        'version', 1,
+        'generated_at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        'guardrails_enabled', true,
+        'soft_limit_mode', current_setting('usage_guard.soft_limit_mode', true),
+        'plans', coalesce((
+            SELECT jsonb_agg(jsonb_build_object(
+                       'plan_code', p.plan_code,
+                       'features', coalesce((
+                           SELECT jsonb_agg(jsonb_build_object(
+                                      'feature_key', pf.feature_key, 'period', pf.period::text,
+                                      'soft_limit', pf.soft_limit::numeric, 'hard_limit', pf.hard_limit::numeric)
+                                  ORDER BY pf.feature_key, pf.period)
+                             FROM usage_guard.plan_features pf WHERE pf.plan_code = p.plan_code), '[]'::jsonb))
+                   ORDER BY p.plan_code)
+              FROM usage_guard.plans p
+             WHERE p_plans IS NULL OR p.plan_code = ANY (p_plans)), '[]'::jsonb));
+END
+$$;
+COMMENT ON FUNCTION usage_guard.entitlements_artifact(text[]) IS
+    'The entitlements artifact (the format sync_entitlements reads) of the listed plans (all when NULL), from plan_features: export with usage_guard_ctl export-entitlements, sync into another database';
+REVOKE ALL ON FUNCTION usage_guard.entitlements_artifact(text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION usage_guard.entitlements_artifact(text[]) TO usage_guard_reader;

@@ -68,6 +68,7 @@ GRANT EXECUTE ON FUNCTION
     usage_guard.get_usage_totals(text, timestamptz, timestamptz, text[]),
     usage_guard.usage_status(text, timestamptz),
     usage_guard.raise_policy_error(text, text, text, text),
+    usage_guard.entitlements_artifact(text[]),
     usage_guard.usage_report(text, text, timestamptz, timestamptz, text[], numeric),
     usage_guard.usage_report_json(text, text, timestamptz, timestamptz, text[], numeric),
     usage_guard.usage_report_rows(text, text, timestamptz, timestamptz, text[], numeric),

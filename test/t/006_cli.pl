@@ -105,6 +105,35 @@ like($out, qr/^messages\s+day\s+4\s+-\s+5\s+1\s+approaching\s+2025-11-19T00:00:0
 is($rc, 3, 'an unknown tenant exits 3');
 like($err, qr/usage_policy_configuration_error/, 'with the JSON detail');
 
+# export-entitlements: database -> file -> another database (seed 000's
+# setup step); the copy ends up with exactly the source's limits
+my $exported = "$dir/exported/usage-entitlements.json";
+($rc, $out, $err) = ctl('export-entitlements', '--path', $exported);
+is($rc, 0, 'export-entitlements exits 0') or diag($err);
+like($out, qr/^wrote 2 plan\(s\) to /m, 'it says how many plans it wrote');
+my $doc = decode_json(slurp_file($exported));
+is_deeply([ map { $_->{plan_code} } @{ $doc->{plans} } ], [ 'pro', 'starter' ], 'every plan, in order');
+ok($doc->{guardrails_enabled}, 'marked as made with guardrails on');
+$node->safe_psql('postgres', q{
+    CREATE DATABASE copy;
+});
+$node->safe_psql('copy', q{
+    CREATE EXTENSION usage_guard;
+    INSERT INTO usage_guard.features (feature_key, unit) VALUES ('messages', 'message'), ('input_tokens', 'token');
+    INSERT INTO usage_guard.plans (plan_code) VALUES ('starter'), ('pro');
+    INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, hard_limit) VALUES ('pro', 'input_tokens', 'hour', 1);
+});
+($rc, $out, $err) = ctl('--dbname', $node->connstr('copy'), 'sync-entitlements', '--path', $exported, '--prune-missing');
+is($rc, 0, 'the exported artifact syncs into another database') or diag($err);
+my $limits = q{SELECT string_agg(format('%s/%s/%s/%s/%s', plan_code, feature_key, period, soft_limit, hard_limit), ' '
+                                 ORDER BY plan_code, feature_key, period) FROM usage_guard.plan_features};
+is($node->safe_psql('copy', $limits), $node->safe_psql('postgres', $limits), 'the copy has the same limits');
+($rc, $out, $err) = ctl('export-entitlements', '--path', "$dir/one.json", '--plan', 'starter');
+is(scalar @{ decode_json(slurp_file("$dir/one.json"))->{plans} }, 1, '--plan exports only that plan');
+($rc, $out, $err) = ctl('export-entitlements', '--path', "$dir/none.json", '--plan', 'gold');
+is($rc, 3, 'an unknown plan exits 3');
+ok(!-e "$dir/none.json", 'and writes no file');
+
 # usage errors and connection errors
 ($rc, $out, $err) = ctl('frobnicate');
 is($rc, 1, 'an unknown command exits 1');
