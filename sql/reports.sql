@@ -27,9 +27,28 @@ SELECT usage_guard.usage_status('rep-gone', '2025-11-18 12:00+00');
 SELECT usage_guard.usage_status('nobody');
 
 -- report over November: every subscribed tenant, zero usage included
-SELECT tenant_id, plan_code, feature_key, usage, events, limit_period, soft_limit, hard_limit, remaining, percent_used, status
+SELECT tenant_id, plan_code, feature_key, usage, events, limit_period, soft_limit, hard_limit,
+       peak_usage, windows_over_soft, windows_at_hard, remaining, percent_used, status
   FROM usage_guard.usage_report(period_start => '2025-11-01', period_end => '2025-12-01')
  WHERE tenant_id LIKE 'rep-%';
+-- A daily limit is judged day by day (seed 004): 500 messages a day, 400
+-- used on Nov 3 and 400 on Nov 4 is 800 in November, but no day passed 500:
+-- approaching, not hard_limit.  A third tenant that did reach 500 on one
+-- day of the two shows that hit, with its window.
+INSERT INTO usage_guard.features (feature_key) VALUES ('rep_daily');
+INSERT INTO usage_guard.plans (plan_code) VALUES ('rep_daily_plan');
+INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, soft_limit, hard_limit)
+VALUES ('rep_daily_plan', 'rep_daily', 'day', 450, 500), ('rep_daily_plan', 'rep_daily', 'month', NULL, 10000);
+INSERT INTO usage_guard.tenant_subscriptions (tenant_id, plan_code) VALUES ('daily-ok', 'rep_daily_plan'), ('daily-hit', 'rep_daily_plan');
+SELECT count(*) FROM (
+    SELECT usage_guard.usage_record('daily-ok', 'rep_daily', 400, '2025-11-03 10:00+00')
+    UNION ALL SELECT usage_guard.usage_record('daily-ok', 'rep_daily', 400, '2025-11-04 10:00+00')
+    UNION ALL SELECT usage_guard.usage_record('daily-hit', 'rep_daily', 300, '2025-11-03 10:00+00')
+    UNION ALL SELECT usage_guard.usage_record('daily-hit', 'rep_daily', 500, '2025-11-04 23:59:59.999999+00')
+    UNION ALL SELECT usage_guard.usage_record('daily-hit', 'rep_daily', 460, '2025-11-05 00:00+00')) x;
+SELECT tenant_id, limit_period, usage, events, hard_limit, peak_usage, peak_window_start, peak_window_end,
+       windows_over_soft, windows_at_hard, remaining, percent_used, status
+  FROM usage_guard.usage_report(plan_code => 'rep_daily_plan', period_start => '2025-11-01', period_end => '2025-12-01');
 SELECT tenant_id, feature_key, usage, status
   FROM usage_guard.usage_report('rep-a', period_start => '2025-11-01', period_end => '2025-12-01',
                                 features => ARRAY['rep_tokens'], warn_threshold => 0.5);

@@ -237,3 +237,155 @@ COMMENT ON FUNCTION usage_guard.entitlements_artifact(text[]) IS
     'The entitlements artifact (the format sync_entitlements reads) of the listed plans (all when NULL), from plan_features: export with usage_guard_ctl export-entitlements, sync into another database';
 REVOKE ALL ON FUNCTION usage_guard.entitlements_artifact(text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION usage_guard.entitlements_artifact(text[]) TO usage_guard_reader;
+
+-- Reports judge each limit against its own windows (a daily limit day by
+-- day, not against the month's total): one row per limit window kind, with
+-- the peak window and how many windows passed the soft limit or reached the
+-- hard one.  The row type changes, so the three functions are re-created.
+DROP FUNCTION usage_guard.usage_report_json(text, text, timestamptz, timestamptz, text[], numeric);
+DROP FUNCTION usage_guard.usage_report(text, text, timestamptz, timestamptz, text[], numeric);
+DROP FUNCTION usage_guard.usage_report_rows(text, text, timestamptz, timestamptz, text[], numeric);
+-- Reports over any period: per subscribed tenant, feature and limit window
+-- kind (plan or override, in force at the end of the period), the period's
+-- committed usage, and the limit judged against its own windows: every
+-- window of that kind overlapping the period, each with its whole usage (a
+-- daily limit is judged day by day, never against the month's total).
+CREATE FUNCTION usage_guard.usage_report_rows(
+    in_tenant_id text, in_plan_code text, in_period_start timestamptz,
+    in_period_end timestamptz, in_features text[], in_warn_threshold numeric)
+RETURNS TABLE (tenant_id text, plan_code text, feature_key text, unit text,
+               period_start timestamptz, period_end timestamptz, usage numeric, events bigint,
+               limit_period text, soft_limit numeric, hard_limit numeric,
+               peak_usage numeric, peak_window_start timestamptz, peak_window_end timestamptz,
+               windows_over_soft bigint, windows_at_hard bigint,
+               remaining numeric, percent_used numeric, status text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_tenant   ALIAS FOR $1;
+    p_plan     ALIAS FOR $2;
+    p_start    ALIAS FOR $3;
+    p_end      ALIAS FOR $4;
+    p_features ALIAS FOR $5;
+    p_warn     ALIAS FOR $6;
+BEGIN
+    IF p_start IS NULL OR p_end IS NULL THEN
+        RAISE EXCEPTION 'period_start and period_end are required'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'e.g. usage_report(period_start => ''2025-11-01'', period_end => ''2025-12-01'')';
+    END IF;
+    IF NOT isfinite(p_start) OR NOT isfinite(p_end) OR p_start >= p_end THEN
+        RAISE EXCEPTION 'the report period must be finite with period_start before period_end'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_warn IS NULL OR p_warn <= 0 OR p_warn > 1 THEN
+        RAISE EXCEPTION 'warn_threshold must be in (0, 1]' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_plan IS NOT NULL AND NOT EXISTS (SELECT 1 FROM usage_guard.plans p WHERE p.plan_code = p_plan) THEN
+        RAISE EXCEPTION 'plan "%" does not exist', p_plan USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN QUERY
+    WITH subs AS (
+        SELECT s.tenant_id, s.plan_code, s.current_period_start AS cps, s.current_period_end AS cpe
+          FROM usage_guard.tenant_subscriptions s
+         WHERE (p_tenant IS NULL OR s.tenant_id = p_tenant)
+           AND (p_plan IS NULL OR s.plan_code = p_plan)
+    ), lim AS (
+        -- the limits in force at the end of the period, one row per window kind,
+        -- and the span from the first window overlapping the period to the last
+        SELECT w.tenant_id, subs.plan_code, subs.cps, subs.cpe, w.feature_key, w.unit, w.period,
+               w.soft_limit, w.hard_limit, w.window_end - w.window_start AS length,
+               (usage_guard.window_of(w.period, p_start, subs.cps, subs.cpe)).window_start AS first_start,
+               (usage_guard.window_of(w.period, p_end - interval '1 microsecond', subs.cps, subs.cpe)).window_end AS last_end
+          FROM subs, LATERAL usage_guard.limit_windows(subs.tenant_id, p_end - interval '1 microsecond') w
+         WHERE p_features IS NULL OR w.feature_key = ANY (p_features)
+    )
+    SELECT l.tenant_id, l.plan_code, l.feature_key, l.unit, p_start, p_end,
+           t.usage, t.events, l.period, l.soft_limit, l.hard_limit,
+           pk.peak_usage, pk.peak_start, pk.peak_end, pk.over_soft, pk.at_hard,
+           CASE WHEN coalesce(l.hard_limit, l.soft_limit) IS NOT NULL
+                THEN greatest(coalesce(l.hard_limit, l.soft_limit) - pk.peak_usage, 0) END,
+           round(100 * pk.peak_usage / nullif(coalesce(l.hard_limit, l.soft_limit), 0), 2),
+           usage_guard.limit_status(pk.peak_usage, l.soft_limit, l.hard_limit, p_warn)
+      FROM lim l
+     CROSS JOIN LATERAL (SELECT coalesce(sum(e.amount), 0) AS usage, count(*) AS events
+                           FROM usage_guard.usage_events e
+                          WHERE e.tenant_id = l.tenant_id AND e.feature_key = l.feature_key
+                            AND e.occurred_at >= p_start AND e.occurred_at < p_end) t
+     CROSS JOIN LATERAL (
+            SELECT coalesce(max(wu.u), 0) AS peak_usage,
+                   (array_agg(wu.ws ORDER BY wu.u DESC, wu.ws))[1] AS peak_start,
+                   (array_agg(wu.we ORDER BY wu.u DESC, wu.ws))[1] AS peak_end,
+                   count(*) FILTER (WHERE wu.u > l.soft_limit) AS over_soft,
+                   count(*) FILTER (WHERE wu.u >= l.hard_limit) AS at_hard
+              FROM (SELECT w.window_start AS ws, w.window_end AS we, sum(e.amount) AS u
+                      FROM usage_guard.usage_events e
+                     CROSS JOIN LATERAL usage_guard.window_of(l.period, e.occurred_at, l.cps, l.cpe) w
+                     WHERE e.tenant_id = l.tenant_id AND e.feature_key = l.feature_key
+                       AND e.occurred_at >= l.first_start AND e.occurred_at < l.last_end
+                     GROUP BY 1, 2) wu) pk
+     ORDER BY 1, 3, l.length, 9;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.usage_report_rows(text, text, timestamptz, timestamptz, text[], numeric) IS
+    'Internal: the body of usage_guard.usage_report';
+
+CREATE FUNCTION usage_guard.usage_report(
+    tenant_id      text DEFAULT NULL,
+    plan_code      text DEFAULT NULL,
+    period_start   timestamptz DEFAULT NULL,
+    period_end     timestamptz DEFAULT NULL,
+    features       text[] DEFAULT NULL,
+    warn_threshold numeric DEFAULT 0.8)
+RETURNS TABLE (tenant_id text, plan_code text, feature_key text, unit text,
+               period_start timestamptz, period_end timestamptz, usage numeric, events bigint,
+               limit_period text, soft_limit numeric, hard_limit numeric,
+               peak_usage numeric, peak_window_start timestamptz, peak_window_end timestamptz,
+               windows_over_soft bigint, windows_at_hard bigint,
+               remaining numeric, percent_used numeric, status text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT * FROM usage_guard.usage_report_rows($1, $2, $3, $4, $5, $6);
+END;
+COMMENT ON FUNCTION usage_guard.usage_report(text, text, timestamptz, timestamptz, text[], numeric) IS
+    'Usage report over [period_start, period_end), one row per subscribed tenant, feature and limit window kind in force at the end of the period: usage and events in the period; each limit judged against its own windows overlapping the period (each window''s whole usage): peak_usage and its window, windows_over_soft, windows_at_hard; remaining, percent_used and status (ok, approaching, soft_limit, hard_limit) of the peak window. CSV: COPY (SELECT * FROM usage_guard.usage_report(...)) TO STDOUT WITH CSV HEADER';
+
+CREATE FUNCTION usage_guard.usage_report_json(
+    tenant_id      text DEFAULT NULL,
+    plan_code      text DEFAULT NULL,
+    period_start   timestamptz DEFAULT NULL,
+    period_end     timestamptz DEFAULT NULL,
+    features       text[] DEFAULT NULL,
+    warn_threshold numeric DEFAULT 0.8)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    SELECT jsonb_build_object(
+               'generated_at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+               'period_start', to_char($3 AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+               'period_end', to_char($4 AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+               'tenant_id', $1, 'plan_code', $2, 'features', to_jsonb($5),
+               'warn_threshold', $6,
+               'rows', coalesce(jsonb_agg(to_jsonb(r) - 'period_start' - 'period_end' - 'ordinality'
+                                          || jsonb_build_object(
+                                                 'peak_window_start', to_char(r.peak_window_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                                                 'peak_window_end', to_char(r.peak_window_end AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
+                                          ORDER BY r.ordinality), '[]'::jsonb))
+      FROM usage_guard.usage_report($1, $2, $3, $4, $5, $6) WITH ORDINALITY AS r;
+END;
+COMMENT ON FUNCTION usage_guard.usage_report_json(text, text, timestamptz, timestamptz, text[], numeric) IS
+    'usage_report as one JSON document (the dashboard artifact): period, filters and rows';
+
+REVOKE ALL ON FUNCTION
+    usage_guard.usage_report_json(text, text, timestamptz, timestamptz, text[], numeric),
+    usage_guard.usage_report(text, text, timestamptz, timestamptz, text[], numeric),
+    usage_guard.usage_report_rows(text, text, timestamptz, timestamptz, text[], numeric)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    usage_guard.usage_report_json(text, text, timestamptz, timestamptz, text[], numeric),
+    usage_guard.usage_report(text, text, timestamptz, timestamptz, text[], numeric),
+    usage_guard.usage_report_rows(text, text, timestamptz, timestamptz, text[], numeric)
+    TO usage_guard_reader;

@@ -231,16 +231,20 @@ COMMENT ON FUNCTION usage_guard.usage_status(text, timestamptz) IS
 -- Reports
 --------------------------------------------------------------------------
 
--- Reports over any period: per subscribed tenant and feature of its plan
--- (or overrides), the period's committed usage against the limit of the
--- feature's longest window.
+-- Reports over any period: per subscribed tenant, feature and limit window
+-- kind (plan or override, in force at the end of the period), the period's
+-- committed usage, and the limit judged against its own windows: every
+-- window of that kind overlapping the period, each with its whole usage (a
+-- daily limit is judged day by day, never against the month's total).
 CREATE FUNCTION usage_guard.usage_report_rows(
     in_tenant_id text, in_plan_code text, in_period_start timestamptz,
     in_period_end timestamptz, in_features text[], in_warn_threshold numeric)
 RETURNS TABLE (tenant_id text, plan_code text, feature_key text, unit text,
                period_start timestamptz, period_end timestamptz, usage numeric, events bigint,
-               limit_period text, soft_limit numeric, hard_limit numeric, remaining numeric,
-               percent_used numeric, status text)
+               limit_period text, soft_limit numeric, hard_limit numeric,
+               peak_usage numeric, peak_window_start timestamptz, peak_window_end timestamptz,
+               windows_over_soft bigint, windows_at_hard bigint,
+               remaining numeric, percent_used numeric, status text)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -269,30 +273,45 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH subs AS (
-        SELECT s.tenant_id, s.plan_code FROM usage_guard.tenant_subscriptions s
+        SELECT s.tenant_id, s.plan_code, s.current_period_start AS cps, s.current_period_end AS cpe
+          FROM usage_guard.tenant_subscriptions s
          WHERE (p_tenant IS NULL OR s.tenant_id = p_tenant)
            AND (p_plan IS NULL OR s.plan_code = p_plan)
     ), lim AS (
-        -- the limits in force at the end of the period, longest window per feature
-        SELECT DISTINCT ON (w.tenant_id, w.feature_key)
-               w.tenant_id, w.feature_key, w.unit, w.period, w.soft_limit, w.hard_limit
+        -- the limits in force at the end of the period, one row per window kind,
+        -- and the span from the first window overlapping the period to the last
+        SELECT w.tenant_id, subs.plan_code, subs.cps, subs.cpe, w.feature_key, w.unit, w.period,
+               w.soft_limit, w.hard_limit, w.window_end - w.window_start AS length,
+               (usage_guard.window_of(w.period, p_start, subs.cps, subs.cpe)).window_start AS first_start,
+               (usage_guard.window_of(w.period, p_end - interval '1 microsecond', subs.cps, subs.cpe)).window_end AS last_end
           FROM subs, LATERAL usage_guard.limit_windows(subs.tenant_id, p_end - interval '1 microsecond') w
          WHERE p_features IS NULL OR w.feature_key = ANY (p_features)
-         ORDER BY w.tenant_id, w.feature_key, w.window_end - w.window_start DESC
     )
-    SELECT subs.tenant_id, subs.plan_code, lim.feature_key, lim.unit, p_start, p_end,
-           u.usage, u.events, lim.period, lim.soft_limit, lim.hard_limit,
-           CASE WHEN coalesce(lim.hard_limit, lim.soft_limit) IS NOT NULL
-                THEN greatest(coalesce(lim.hard_limit, lim.soft_limit) - u.usage, 0) END,
-           round(100 * u.usage / nullif(coalesce(lim.hard_limit, lim.soft_limit), 0), 2),
-           usage_guard.limit_status(u.usage, lim.soft_limit, lim.hard_limit, p_warn)
-      FROM subs
-      JOIN lim ON lim.tenant_id = subs.tenant_id
+    SELECT l.tenant_id, l.plan_code, l.feature_key, l.unit, p_start, p_end,
+           t.usage, t.events, l.period, l.soft_limit, l.hard_limit,
+           pk.peak_usage, pk.peak_start, pk.peak_end, pk.over_soft, pk.at_hard,
+           CASE WHEN coalesce(l.hard_limit, l.soft_limit) IS NOT NULL
+                THEN greatest(coalesce(l.hard_limit, l.soft_limit) - pk.peak_usage, 0) END,
+           round(100 * pk.peak_usage / nullif(coalesce(l.hard_limit, l.soft_limit), 0), 2),
+           usage_guard.limit_status(pk.peak_usage, l.soft_limit, l.hard_limit, p_warn)
+      FROM lim l
      CROSS JOIN LATERAL (SELECT coalesce(sum(e.amount), 0) AS usage, count(*) AS events
                            FROM usage_guard.usage_events e
-                          WHERE e.tenant_id = subs.tenant_id AND e.feature_key = lim.feature_key
-                            AND e.occurred_at >= p_start AND e.occurred_at < p_end) u
-     ORDER BY 1, 3;
+                          WHERE e.tenant_id = l.tenant_id AND e.feature_key = l.feature_key
+                            AND e.occurred_at >= p_start AND e.occurred_at < p_end) t
+     CROSS JOIN LATERAL (
+            SELECT coalesce(max(wu.u), 0) AS peak_usage,
+                   (array_agg(wu.ws ORDER BY wu.u DESC, wu.ws))[1] AS peak_start,
+                   (array_agg(wu.we ORDER BY wu.u DESC, wu.ws))[1] AS peak_end,
+                   count(*) FILTER (WHERE wu.u > l.soft_limit) AS over_soft,
+                   count(*) FILTER (WHERE wu.u >= l.hard_limit) AS at_hard
+              FROM (SELECT w.window_start AS ws, w.window_end AS we, sum(e.amount) AS u
+                      FROM usage_guard.usage_events e
+                     CROSS JOIN LATERAL usage_guard.window_of(l.period, e.occurred_at, l.cps, l.cpe) w
+                     WHERE e.tenant_id = l.tenant_id AND e.feature_key = l.feature_key
+                       AND e.occurred_at >= l.first_start AND e.occurred_at < l.last_end
+                     GROUP BY 1, 2) wu) pk
+     ORDER BY 1, 3, l.length, 9;
 END
 $$;
 COMMENT ON FUNCTION usage_guard.usage_report_rows(text, text, timestamptz, timestamptz, text[], numeric) IS
@@ -307,15 +326,17 @@ CREATE FUNCTION usage_guard.usage_report(
     warn_threshold numeric DEFAULT 0.8)
 RETURNS TABLE (tenant_id text, plan_code text, feature_key text, unit text,
                period_start timestamptz, period_end timestamptz, usage numeric, events bigint,
-               limit_period text, soft_limit numeric, hard_limit numeric, remaining numeric,
-               percent_used numeric, status text)
+               limit_period text, soft_limit numeric, hard_limit numeric,
+               peak_usage numeric, peak_window_start timestamptz, peak_window_end timestamptz,
+               windows_over_soft bigint, windows_at_hard bigint,
+               remaining numeric, percent_used numeric, status text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     SELECT * FROM usage_guard.usage_report_rows($1, $2, $3, $4, $5, $6);
 END;
 COMMENT ON FUNCTION usage_guard.usage_report(text, text, timestamptz, timestamptz, text[], numeric) IS
-    'Usage report over [period_start, period_end) per subscribed tenant and limited feature: usage, events, the limits of the feature''s longest window in force at the end of the period, remaining, percent and status (ok, approaching, soft_limit, hard_limit). CSV: COPY (SELECT * FROM usage_guard.usage_report(...)) TO STDOUT WITH CSV HEADER';
+    'Usage report over [period_start, period_end), one row per subscribed tenant, feature and limit window kind in force at the end of the period: usage and events in the period; each limit judged against its own windows overlapping the period (each window''s whole usage): peak_usage and its window, windows_over_soft, windows_at_hard; remaining, percent_used and status (ok, approaching, soft_limit, hard_limit) of the peak window. CSV: COPY (SELECT * FROM usage_guard.usage_report(...)) TO STDOUT WITH CSV HEADER';
 
 CREATE FUNCTION usage_guard.usage_report_json(
     tenant_id      text DEFAULT NULL,
@@ -334,9 +355,12 @@ BEGIN ATOMIC
                'period_end', to_char($4 AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
                'tenant_id', $1, 'plan_code', $2, 'features', to_jsonb($5),
                'warn_threshold', $6,
-               'rows', coalesce(jsonb_agg(to_jsonb(r) - 'period_start' - 'period_end'
-                                          ORDER BY r.tenant_id, r.feature_key), '[]'::jsonb))
-      FROM usage_guard.usage_report($1, $2, $3, $4, $5, $6) r;
+               'rows', coalesce(jsonb_agg(to_jsonb(r) - 'period_start' - 'period_end' - 'ordinality'
+                                          || jsonb_build_object(
+                                                 'peak_window_start', to_char(r.peak_window_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                                                 'peak_window_end', to_char(r.peak_window_end AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
+                                          ORDER BY r.ordinality), '[]'::jsonb))
+      FROM usage_guard.usage_report($1, $2, $3, $4, $5, $6) WITH ORDINALITY AS r;
 END;
 COMMENT ON FUNCTION usage_guard.usage_report_json(text, text, timestamptz, timestamptz, text[], numeric) IS
     'usage_report as one JSON document (the dashboard artifact): period, filters and rows';
