@@ -51,6 +51,10 @@ $(DATA_built): $(SQL_SRC) Makefile
 	  for f in $(filter %.sql,$^); do printf '\n'; cat "$$f"; done; } > $@.tmp
 	mv $@.tmp $@
 
+# PGXS does not track headers: every object depends on all of ours (a stale
+# object built with another PERIOD_KINDS or struct layout is a silent bug).
+$(OBJS): $(wildcard $(srcdir)/src/*.h)
+
 # Separate targets, so one failing suite does not hide the next.
 .PHONY: regress isolation tap
 regress:

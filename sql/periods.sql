@@ -40,3 +40,26 @@ SET timezone = 'America/New_York';
 SELECT window_start AT TIME ZONE 'UTC' AS start_utc, window_end AT TIME ZONE 'UTC' AS end_utc, usage
   FROM usage_guard.usage_check('per', 'per_m', 0, '2025-01-31 20:00-05');
 RESET timezone;
+
+-- Lifetime limits (seed 004's storage): the window never resets; usage goes
+-- down only by adjustments (a deleted file gives its space back).
+INSERT INTO usage_guard.features (feature_key, unit) VALUES ('per_storage', 'GB');
+INSERT INTO usage_guard.plans (plan_code) VALUES ('per_store');
+INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, soft_limit, hard_limit)
+VALUES ('per_store', 'per_storage', 'lifetime', 80, 100);
+INSERT INTO usage_guard.tenant_subscriptions (tenant_id, plan_code) VALUES ('per-store', 'per_store');
+SELECT allowed, period, usage, window_start, window_end
+  FROM usage_guard.usage_consume('per-store', 'per_storage', 60, at => '2024-01-15 10:00+00');
+-- nearly two years later the 60 still count
+SELECT allowed, decision, usage FROM usage_guard.usage_consume('per-store', 'per_storage', 50, at => '2025-11-18 10:00+00');
+INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount, kind, occurred_at, attributes)
+VALUES ('per-store', 'per_storage', -20, 'adjustment', '2025-06-01 00:00+00', '{"reason": "file deleted"}');
+SELECT allowed, decision, usage FROM usage_guard.usage_consume('per-store', 'per_storage', 50, at => '2025-11-18 10:00+00');
+-- the JSON detail: a window that never resets has no end
+SELECT try_detail($$SELECT usage_guard.usage_enforce('per-store', 'per_storage', 20, at => '2025-11-18 10:00+00')$$)
+       - 'tenant_id' - 'plan_code' AS detail;
+SELECT * FROM usage_guard.window_of('lifetime', '2025-11-18 10:00+00');
+SELECT feature_key, period, usage, window_start, window_end, status FROM usage_guard.usage_status('per-store', '2025-11-18 12:00+00');
+SELECT window_start, window_end, usage, reserved FROM usage_guard.usage_counters WHERE tenant_id = 'per-store';
+SELECT limit_period, usage, peak_usage, peak_window_end, status
+  FROM usage_guard.usage_report('per-store', period_start => '2025-11-01', period_end => '2025-12-01');

@@ -4,6 +4,24 @@
 
 \echo Use "ALTER EXTENSION usage_guard UPDATE TO '0.5.0'" to load this file. \quit
 
+-- Lifetime limits (seed 004's storage): a window that never resets.
+ALTER DOMAIN usage_guard.period_kind DROP CONSTRAINT period_kind_valid;
+ALTER DOMAIN usage_guard.period_kind ADD CONSTRAINT period_kind_valid
+    CHECK (VALUE IN ('hour', 'day', 'week', 'month', 'billing_period', 'lifetime'));
+COMMENT ON DOMAIN usage_guard.period_kind IS
+    'Limit window: hour, day, week, month (UTC calendar, [start, end)), billing_period (the subscription''s own period) or lifetime (never resets; lowered only by adjustments)';
+-- Windows sort by length; a lifetime window is (-infinity, infinity), whose
+-- length PostgreSQL cannot subtract: it sorts last.
+CREATE FUNCTION usage_guard.window_length(window_start timestamptz, window_end timestamptz)
+RETURNS interval
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN isfinite($1) AND isfinite($2) THEN $2 - $1 ELSE interval '1000000 years' END;
+COMMENT ON FUNCTION usage_guard.window_length(timestamptz, timestamptz) IS
+    'Internal: the length of a window for sorting; a lifetime window sorts after every other';
+REVOKE ALL ON FUNCTION usage_guard.window_length(timestamptz, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION usage_guard.window_length(timestamptz, timestamptz) TO usage_guard_reader;
+
 -- Idempotency keys are unique per tenant *and feature*: the natural key is
 -- the request id, and one request records several features (input and
 -- output tokens, messages).  Existing ledgers satisfy the narrower index.
@@ -188,7 +206,7 @@ BEGIN
            w.percent_used, usage_guard.limit_status(w.usage, w.soft_limit, w.hard_limit),
            w.window_start, w.window_end, w.window_end, w.limit_source
       FROM usage_guard.limit_windows(p_tenant, p_at) w
-     ORDER BY w.feature_key, w.window_end - w.window_start, w.period;
+     ORDER BY w.feature_key, usage_guard.window_length(w.window_start, w.window_end), w.period;
 END
 $$;
 REVOKE ALL ON FUNCTION usage_guard.raise_policy_error(text, text, text, text) FROM PUBLIC;
@@ -295,7 +313,7 @@ BEGIN
         -- the limits in force at the end of the period, one row per window kind,
         -- and the span from the first window overlapping the period to the last
         SELECT w.tenant_id, subs.plan_code, subs.cps, subs.cpe, w.feature_key, w.unit, w.period,
-               w.soft_limit, w.hard_limit, w.window_end - w.window_start AS length,
+               w.soft_limit, w.hard_limit, usage_guard.window_length(w.window_start, w.window_end) AS length,
                (usage_guard.window_of(w.period, p_start, subs.cps, subs.cpe)).window_start AS first_start,
                (usage_guard.window_of(w.period, p_end - interval '1 microsecond', subs.cps, subs.cpe)).window_end AS last_end
           FROM subs, LATERAL usage_guard.limit_windows(subs.tenant_id, p_end - interval '1 microsecond') w
@@ -389,3 +407,249 @@ GRANT EXECUTE ON FUNCTION
     usage_guard.usage_report(text, text, timestamptz, timestamptz, text[], numeric),
     usage_guard.usage_report_rows(text, text, timestamptz, timestamptz, text[], numeric)
     TO usage_guard_reader;
+
+-- Lifetime is a period name sync_entitlements and reset_usage accept.
+CREATE OR REPLACE FUNCTION usage_guard.reset_usage_rows(
+    in_tenant_id text, in_feature_key text, in_reason text, in_period text, in_at timestamptz)
+RETURNS TABLE (feature_key text, period text, window_start timestamptz, window_end timestamptz,
+               usage_before numeric, adjustment numeric)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_tenant  ALIAS FOR $1;
+    p_feature ALIAS FOR $2;
+    p_reason  ALIAS FOR $3;
+    p_period  ALIAS FOR $4;
+    p_at      ALIAS FOR $5;
+    w record;
+BEGIN
+    IF p_tenant IS NULL OR p_at IS NULL THEN
+        RAISE EXCEPTION 'tenant_id and at must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_reason IS NULL OR btrim(p_reason) = '' THEN
+        RAISE EXCEPTION 'a reset needs a reason'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'It is kept in the ledger row''s attributes, with who reset and which window.';
+    END IF;
+    IF p_period IS NOT NULL AND p_period NOT IN ('hour', 'day', 'week', 'month', 'billing_period', 'lifetime') THEN
+        RAISE EXCEPTION 'unknown period "%"', p_period USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_feature IS NOT NULL AND NOT EXISTS (SELECT 1 FROM usage_guard.features f WHERE f.feature_key = p_feature) THEN
+        RAISE EXCEPTION 'unknown feature "%"', p_feature USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM usage_guard.tenant_subscriptions s WHERE s.tenant_id = p_tenant) THEN
+        RAISE EXCEPTION 'tenant "%" has no subscription', p_tenant USING ERRCODE = 'undefined_object';
+    END IF;
+    FOR w IN
+        SELECT DISTINCT ON (lw.feature_key) lw.feature_key, lw.period, lw.window_start, lw.window_end, lw.usage
+          FROM usage_guard.limit_windows(p_tenant, p_at) lw
+         WHERE (p_feature IS NULL OR lw.feature_key = p_feature)
+           AND (p_period IS NULL OR lw.period = p_period)
+         ORDER BY lw.feature_key, usage_guard.window_length(lw.window_start, lw.window_end)
+    LOOP
+        IF w.usage <> 0 THEN
+            INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount, occurred_at, kind, attributes)
+            VALUES (p_tenant, w.feature_key, -w.usage, p_at, 'adjustment',
+                    jsonb_build_object('reset', true, 'reason', p_reason, 'by', session_user,
+                                       'period', w.period, 'window_start', w.window_start,
+                                       'window_end', w.window_end));
+        END IF;
+        feature_key := w.feature_key; period := w.period;
+        window_start := w.window_start; window_end := w.window_end;
+        usage_before := w.usage; adjustment := -w.usage;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.reset_usage_rows(text, text, text, text, timestamptz) IS
+    'Internal: the body of usage_guard.reset_usage';
+CREATE OR REPLACE FUNCTION usage_guard.sync_entitlements(
+    artifact                jsonb,
+    plans                   text[] DEFAULT NULL,
+    dry_run                 boolean DEFAULT false,
+    prune_missing           boolean DEFAULT false,
+    allow_disabled_artifact boolean DEFAULT false)
+RETURNS TABLE (action text, plan_code text, feature_key text, period text,
+               old_soft_limit numeric, old_hard_limit numeric,
+               new_soft_limit numeric, new_hard_limit numeric)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_artifact ALIAS FOR $1;
+    p_plans    ALIAS FOR $2;
+    p_dry_run  ALIAS FOR $3;
+    p_prune    ALIAS FOR $4;
+    p_allow    ALIAS FOR $5;
+    desired    jsonb := '[]';
+    plan_item  jsonb;
+    feat       jsonb;
+    i          bigint;
+    j          bigint;
+    path       text;
+    v_plan     text;
+    v_feature  text;
+    v_period   text;
+    v_soft     numeric;
+    v_hard     numeric;
+    seen       text[] := '{}';
+    covered    text[] := '{}';
+    missing    text;
+BEGIN
+    IF p_artifact IS NULL OR p_dry_run IS NULL OR p_prune IS NULL OR p_allow IS NULL THEN
+        RAISE EXCEPTION 'artifact, dry_run, prune_missing and allow_disabled_artifact must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF jsonb_typeof(p_artifact) <> 'object' THEN
+        RAISE EXCEPTION 'invalid entitlements artifact at $: must be a JSON object'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_artifact ? 'guardrails_enabled' AND jsonb_typeof(p_artifact -> 'guardrails_enabled') <> 'boolean' THEN
+        RAISE EXCEPTION 'invalid entitlements artifact at guardrails_enabled: must be true or false'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (p_artifact ->> 'guardrails_enabled') = 'false' AND NOT p_allow THEN
+        RAISE EXCEPTION 'the entitlements artifact was generated with guardrails disabled'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Pass allow_disabled_artifact => true to apply it anyway.';
+    END IF;
+    IF jsonb_typeof(p_artifact -> 'plans') IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'invalid entitlements artifact at plans: must be an array'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    FOR plan_item, i IN SELECT e, n - 1 FROM jsonb_array_elements(p_artifact -> 'plans') WITH ORDINALITY AS a(e, n)
+    LOOP
+        path := format('plans[%s]', i);
+        IF jsonb_typeof(plan_item) <> 'object' THEN
+            RAISE EXCEPTION 'invalid entitlements artifact at %: must be an object', path
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF jsonb_typeof(plan_item -> 'plan_code') IS DISTINCT FROM 'string' OR plan_item ->> 'plan_code' = '' THEN
+            RAISE EXCEPTION 'invalid entitlements artifact at %.plan_code: must be a non-empty string', path
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_plan := plan_item ->> 'plan_code';
+        IF v_plan = ANY (covered) THEN
+            RAISE EXCEPTION 'invalid entitlements artifact at %.plan_code: plan "%" appears twice', path, v_plan
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF p_plans IS NOT NULL AND NOT v_plan = ANY (p_plans) THEN
+            CONTINUE;
+        END IF;
+        covered := covered || v_plan;
+        IF NOT EXISTS (SELECT 1 FROM usage_guard.plans p WHERE p.plan_code = v_plan) THEN
+            RAISE EXCEPTION 'plan "%" (at %.plan_code) does not exist', v_plan, path
+                USING ERRCODE = 'undefined_object',
+                      HINT = 'Create plans first (INSERT INTO usage_guard.plans); the artifact only carries their limits.';
+        END IF;
+        IF jsonb_typeof(plan_item -> 'features') IS DISTINCT FROM 'array' THEN
+            RAISE EXCEPTION 'invalid entitlements artifact at %.features: must be an array', path
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        FOR feat, j IN SELECT e, n - 1 FROM jsonb_array_elements(plan_item -> 'features') WITH ORDINALITY AS a(e, n)
+        LOOP
+            path := format('plans[%s].features[%s]', i, j);
+            IF jsonb_typeof(feat) <> 'object' THEN
+                RAISE EXCEPTION 'invalid entitlements artifact at %: must be an object', path
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF jsonb_typeof(feat -> 'feature_key') IS DISTINCT FROM 'string' THEN
+                RAISE EXCEPTION 'invalid entitlements artifact at %.feature_key: must be a string', path
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            v_feature := feat ->> 'feature_key';
+            IF NOT EXISTS (SELECT 1 FROM usage_guard.features f WHERE f.feature_key = v_feature) THEN
+                RAISE EXCEPTION 'feature "%" (at %.feature_key) does not exist', v_feature, path
+                    USING ERRCODE = 'undefined_object',
+                          HINT = 'Features are rows of usage_guard.features.';
+            END IF;
+            v_period := coalesce(feat ->> 'period', 'billing_period');
+            IF (feat ? 'period' AND jsonb_typeof(feat -> 'period') <> 'string')
+               OR v_period NOT IN ('hour', 'day', 'week', 'month', 'billing_period', 'lifetime') THEN
+                RAISE EXCEPTION 'invalid entitlements artifact at %.period: must be hour, day, week, month, billing_period or lifetime', path
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF format('%s/%s/%s', v_plan, v_feature, v_period) = ANY (seen) THEN
+                RAISE EXCEPTION 'invalid entitlements artifact at %: feature "%" with period "%" appears twice in plan "%"',
+                                path, v_feature, v_period, v_plan
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            seen := seen || format('%s/%s/%s', v_plan, v_feature, v_period);
+            FOREACH missing IN ARRAY ARRAY['soft_limit', 'hard_limit']
+            LOOP
+                IF coalesce(jsonb_typeof(feat -> missing), 'null') NOT IN ('null', 'number')
+                   OR (feat ->> missing)::numeric < 0 OR (feat ->> missing)::numeric > 1e15
+                   OR (feat ->> missing)::numeric <> round((feat ->> missing)::numeric, 12) THEN
+                    RAISE EXCEPTION 'invalid entitlements artifact at %.%: must be null (unlimited) or a number from 0 to 1e15 with at most 12 decimals', path, missing
+                        USING ERRCODE = 'invalid_parameter_value';
+                END IF;
+            END LOOP;
+            v_soft := (feat ->> 'soft_limit')::numeric;
+            v_hard := (feat ->> 'hard_limit')::numeric;
+            IF v_soft > v_hard THEN
+                RAISE EXCEPTION 'invalid entitlements artifact at %.soft_limit: % is above hard_limit %', path, v_soft, v_hard
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            desired := desired || jsonb_build_array(jsonb_build_object(
+                'plan_code', v_plan, 'feature_key', v_feature, 'period', v_period,
+                'soft_limit', v_soft, 'hard_limit', v_hard));
+        END LOOP;
+    END LOOP;
+
+    SELECT p INTO missing FROM unnest(p_plans) AS p WHERE NOT p = ANY (covered) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'plan "%" is not in the entitlements artifact', missing
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- the changes, computed once; applied unless this is a dry run
+    CREATE TEMP TABLE IF NOT EXISTS usage_guard_sync_changes (
+        action text, plan_code text, feature_key text, period text,
+        old_soft_limit numeric, old_hard_limit numeric, new_soft_limit numeric, new_hard_limit numeric
+    ) ON COMMIT DROP;
+    TRUNCATE usage_guard_sync_changes;
+    INSERT INTO usage_guard_sync_changes
+    SELECT CASE WHEN pf.plan_code IS NULL THEN 'insert' ELSE 'update' END,
+           d.plan_code, d.feature_key, d.period,
+           pf.soft_limit, pf.hard_limit, d.soft_limit, d.hard_limit
+      FROM jsonb_to_recordset(desired) AS d(plan_code text, feature_key text, period text,
+                                            soft_limit numeric, hard_limit numeric)
+      LEFT JOIN usage_guard.plan_features pf
+             ON pf.plan_code = d.plan_code AND pf.feature_key = d.feature_key AND pf.period = d.period
+     WHERE pf.plan_code IS NULL
+        OR pf.soft_limit IS DISTINCT FROM d.soft_limit OR pf.hard_limit IS DISTINCT FROM d.hard_limit;
+    IF p_prune THEN
+        INSERT INTO usage_guard_sync_changes
+        SELECT 'delete', pf.plan_code, pf.feature_key, pf.period, pf.soft_limit, pf.hard_limit, NULL, NULL
+          FROM usage_guard.plan_features pf
+         WHERE pf.plan_code = ANY (covered)
+           AND NOT EXISTS (SELECT 1 FROM jsonb_to_recordset(desired) AS d(plan_code text, feature_key text, period text)
+                            WHERE d.plan_code = pf.plan_code AND d.feature_key = pf.feature_key AND d.period = pf.period);
+    END IF;
+
+    IF NOT p_dry_run THEN
+        INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, soft_limit, hard_limit)
+        SELECT c.plan_code, c.feature_key, c.period, c.new_soft_limit, c.new_hard_limit
+          FROM usage_guard_sync_changes c WHERE c.action = 'insert';
+        UPDATE usage_guard.plan_features pf
+           SET soft_limit = c.new_soft_limit, hard_limit = c.new_hard_limit, updated_at = now()
+          FROM usage_guard_sync_changes c
+         WHERE c.action = 'update' AND pf.plan_code = c.plan_code
+           AND pf.feature_key = c.feature_key AND pf.period = c.period;
+        DELETE FROM usage_guard.plan_features pf
+         USING usage_guard_sync_changes c
+         WHERE c.action = 'delete' AND pf.plan_code = c.plan_code
+           AND pf.feature_key = c.feature_key AND pf.period = c.period;
+    END IF;
+
+    RETURN QUERY SELECT c.action, c.plan_code, c.feature_key, c.period, c.old_soft_limit,
+                        c.old_hard_limit, c.new_soft_limit, c.new_hard_limit
+                   FROM usage_guard_sync_changes c
+                  ORDER BY c.plan_code, c.feature_key, c.period;
+    TRUNCATE usage_guard_sync_changes;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.sync_entitlements(jsonb, text[], boolean, boolean, boolean) IS
+    'Upserts plan_features from the entitlements artifact (only the listed plans when plans is given); one row per insert/update/delete with old and new limits; dry_run changes nothing; prune_missing deletes features of the covered plans absent from the artifact';

@@ -192,6 +192,8 @@ WindowsToLoad(const Policy *policy, const FeatureLimit *limits, int n,
 	}
 	for (int i = 0; with_next && i < n; i++)
 	{
+		if (limits[i].period == PERIOD_LIFETIME)
+			continue;			/* no next window */
 		PeriodWindow(limits[i].period, policy, limits[i].window_end, &starts[m], &ends[m]);
 		m++;
 	}

@@ -1,7 +1,8 @@
 /*
  * period.c
- *		Limit windows: UTC calendar windows (hour, day, week, month) and the
- *		billing period that rolls forward monthly from a subscription's anchor.
+ *		Limit windows: UTC calendar windows (hour, day, week, month), the
+ *		billing period that rolls forward monthly from a subscription's anchor,
+ *		and the lifetime window that never ends.
  *
  * Every window is half-open, [start, end).  TimestampTz is stored as UTC
  * microseconds, so calendar arithmetic on its broken-down form without a
@@ -24,6 +25,7 @@ static const char *const period_names[] = {
 	[PERIOD_WEEK] = "week",
 	[PERIOD_MONTH] = "month",
 	[PERIOD_BILLING] = "billing_period",
+	[PERIOD_LIFETIME] = "lifetime",
 };
 
 /* PostgreSQL's epoch, 2000-01-01, was a Saturday: Monday is two days later */
@@ -195,6 +197,11 @@ PeriodWindow(PeriodKind kind, const Policy *policy, TimestampTz at,
 		case PERIOD_BILLING:
 			BillingWindow(policy->period_start, policy->period_end, at, start, end);
 			break;
+		case PERIOD_LIFETIME:
+			/* usage goes down only by adjustments (a deleted file, say) */
+			*start = DT_NOBEGIN;
+			*end = DT_NOEND;
+			break;
 		case PERIOD_KINDS:
 			elog(ERROR, "invalid period kind");
 	}
@@ -224,7 +231,7 @@ usage_guard_window_of(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown period \"%s\"", name),
-				 errhint("Periods are hour, day, week, month and billing_period.")));
+				 errhint("Periods are hour, day, week, month, billing_period and lifetime.")));
 	at = PG_GETARG_TIMESTAMPTZ(1);
 	if (TIMESTAMP_NOT_FINITE(at))
 		ereport(ERROR,

@@ -43,6 +43,7 @@ typedef enum PeriodKind
 	PERIOD_WEEK,
 	PERIOD_MONTH,
 	PERIOD_BILLING,
+	PERIOD_LIFETIME,			/* never resets: (-infinity, infinity) */
 	PERIOD_KINDS
 } PeriodKind;
 

@@ -18,9 +18,9 @@
 -- billing_period follows the subscription's anchor.
 CREATE DOMAIN usage_guard.period_kind AS text
     CONSTRAINT period_kind_valid
-    CHECK (VALUE IN ('hour', 'day', 'week', 'month', 'billing_period'));
+    CHECK (VALUE IN ('hour', 'day', 'week', 'month', 'billing_period', 'lifetime'));
 COMMENT ON DOMAIN usage_guard.period_kind IS
-    'Limit window: hour, day, week, month (UTC calendar, [start, end)) or billing_period (the subscription''s own period)';
+    'Limit window: hour, day, week, month (UTC calendar, [start, end)), billing_period (the subscription''s own period) or lifetime (never resets; lowered only by adjustments)';
 
 -- A limit: NULL means unlimited; otherwise a finite amount in [0, 1e15].
 -- NaN and Infinity sort above every number, so the upper bound excludes them.

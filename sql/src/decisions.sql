@@ -111,3 +111,13 @@ AS 'MODULE_PATHNAME', 'usage_guard_window_of'
 LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION usage_guard.window_of(text, timestamptz, timestamptz, timestamptz) IS
     'The [window_start, window_end) of a period kind containing at (UTC); billing_period needs the subscription''s current_period_start and current_period_end';
+
+-- Windows sort by length; a lifetime window is (-infinity, infinity), whose
+-- length PostgreSQL cannot subtract: it sorts last.
+CREATE FUNCTION usage_guard.window_length(window_start timestamptz, window_end timestamptz)
+RETURNS interval
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+RETURN CASE WHEN isfinite($1) AND isfinite($2) THEN $2 - $1 ELSE interval '1000000 years' END;
+COMMENT ON FUNCTION usage_guard.window_length(timestamptz, timestamptz) IS
+    'Internal: the length of a window for sorting; a lifetime window sorts after every other';

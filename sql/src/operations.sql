@@ -38,7 +38,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'It is kept in the ledger row''s attributes, with who reset and which window.';
     END IF;
-    IF p_period IS NOT NULL AND p_period NOT IN ('hour', 'day', 'week', 'month', 'billing_period') THEN
+    IF p_period IS NOT NULL AND p_period NOT IN ('hour', 'day', 'week', 'month', 'billing_period', 'lifetime') THEN
         RAISE EXCEPTION 'unknown period "%"', p_period USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF p_feature IS NOT NULL AND NOT EXISTS (SELECT 1 FROM usage_guard.features f WHERE f.feature_key = p_feature) THEN
@@ -52,7 +52,7 @@ BEGIN
           FROM usage_guard.limit_windows(p_tenant, p_at) lw
          WHERE (p_feature IS NULL OR lw.feature_key = p_feature)
            AND (p_period IS NULL OR lw.period = p_period)
-         ORDER BY lw.feature_key, lw.window_end - lw.window_start
+         ORDER BY lw.feature_key, usage_guard.window_length(lw.window_start, lw.window_end)
     LOOP
         IF w.usage <> 0 THEN
             INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount, occurred_at, kind, attributes)
@@ -198,8 +198,8 @@ BEGIN
             END IF;
             v_period := coalesce(feat ->> 'period', 'billing_period');
             IF (feat ? 'period' AND jsonb_typeof(feat -> 'period') <> 'string')
-               OR v_period NOT IN ('hour', 'day', 'week', 'month', 'billing_period') THEN
-                RAISE EXCEPTION 'invalid entitlements artifact at %.period: must be hour, day, week, month or billing_period', path
+               OR v_period NOT IN ('hour', 'day', 'week', 'month', 'billing_period', 'lifetime') THEN
+                RAISE EXCEPTION 'invalid entitlements artifact at %.period: must be hour, day, week, month, billing_period or lifetime', path
                     USING ERRCODE = 'invalid_parameter_value';
             END IF;
             IF format('%s/%s/%s', v_plan, v_feature, v_period) = ANY (seen) THEN

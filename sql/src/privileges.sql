@@ -78,6 +78,7 @@ GRANT EXECUTE ON FUNCTION
     usage_guard.limit_windows(text, timestamptz),
     usage_guard.limit_status(numeric, numeric, numeric, numeric),
     usage_guard.window_of(text, timestamptz, timestamptz, timestamptz),
+    usage_guard.window_length(timestamptz, timestamptz),
     usage_guard.metrics(),
     usage_guard.metrics_text(),
     usage_guard.shmem_info()

@@ -221,7 +221,7 @@ BEGIN
            w.percent_used, usage_guard.limit_status(w.usage, w.soft_limit, w.hard_limit),
            w.window_start, w.window_end, w.window_end, w.limit_source
       FROM usage_guard.limit_windows(p_tenant, p_at) w
-     ORDER BY w.feature_key, w.window_end - w.window_start, w.period;
+     ORDER BY w.feature_key, usage_guard.window_length(w.window_start, w.window_end), w.period;
 END
 $$;
 COMMENT ON FUNCTION usage_guard.usage_status(text, timestamptz) IS
@@ -281,7 +281,7 @@ BEGIN
         -- the limits in force at the end of the period, one row per window kind,
         -- and the span from the first window overlapping the period to the last
         SELECT w.tenant_id, subs.plan_code, subs.cps, subs.cpe, w.feature_key, w.unit, w.period,
-               w.soft_limit, w.hard_limit, w.window_end - w.window_start AS length,
+               w.soft_limit, w.hard_limit, usage_guard.window_length(w.window_start, w.window_end) AS length,
                (usage_guard.window_of(w.period, p_start, subs.cps, subs.cpe)).window_start AS first_start,
                (usage_guard.window_of(w.period, p_end - interval '1 microsecond', subs.cps, subs.cpe)).window_end AS last_end
           FROM subs, LATERAL usage_guard.limit_windows(subs.tenant_id, p_end - interval '1 microsecond') w
