@@ -198,6 +198,9 @@ BEGIN
     END IF;
     SELECT s.status, s.plan_code INTO v_status, v_plan
       FROM usage_guard.tenant_subscriptions s WHERE s.tenant_id = p_tenant;
+    IF NOT FOUND THEN
+        SELECT 'active', p.plan_code INTO v_status, v_plan FROM usage_guard.plans p WHERE p.is_default;
+    END IF;
     IF NOT FOUND OR v_status NOT IN ('active', 'trialing') THEN
         PERFORM usage_guard.raise_policy_error(p_tenant, NULL, v_plan, v_status);
     END IF;
@@ -653,3 +656,63 @@ END
 $$;
 COMMENT ON FUNCTION usage_guard.sync_entitlements(jsonb, text[], boolean, boolean, boolean) IS
     'Upserts plan_features from the entitlements artifact (only the listed plans when plans is given); one row per insert/update/delete with old and new limits; dry_run changes nothing; prune_missing deletes features of the covered plans absent from the artifact';
+
+-- Plans: unlimited_by_default (seed 004's enterprise tier: every feature
+-- unlimited unless limited, so a feature added later is not refused) and
+-- is_default (seed 004: new users start on free; tenants without a
+-- subscription row are decided by it instead of UG003, when set).
+ALTER TABLE usage_guard.plans
+    ADD COLUMN unlimited_by_default boolean NOT NULL DEFAULT false,
+    ADD COLUMN is_default boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN usage_guard.plans.unlimited_by_default IS
+    'Features this plan does not list are unlimited (instead of not included): an enterprise tier where every feature, even one added later, is unlimited unless limited';
+COMMENT ON COLUMN usage_guard.plans.is_default IS
+    'The plan of tenants without a subscription row (at most one plan): decided as active, billing periods are calendar months; false everywhere = such tenants get usage_policy_configuration_error';
+CREATE UNIQUE INDEX plans_one_default ON usage_guard.plans ((true)) WHERE is_default;
+CREATE OR REPLACE FUNCTION usage_guard.limit_windows(tenant_id text, at timestamptz)
+RETURNS TABLE (tenant_id text, plan_code text, status text, feature_key text, unit text,
+               period text, window_start timestamptz, window_end timestamptz, usage numeric,
+               soft_limit numeric, hard_limit numeric, remaining numeric, percent_used numeric,
+               limit_source text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    WITH s AS (
+        SELECT t.tenant_id, t.plan_code, t.status, t.current_period_start, t.current_period_end
+          FROM usage_guard.tenant_subscriptions t WHERE t.tenant_id = $1
+        UNION ALL
+        -- no subscription row: the default plan, if any (as the decisions do)
+        SELECT $1, p.plan_code, 'active', '2000-01-01 00:00:00+00'::timestamptz, NULL
+          FROM usage_guard.plans p
+         WHERE p.is_default
+           AND NOT EXISTS (SELECT 1 FROM usage_guard.tenant_subscriptions t WHERE t.tenant_id = $1)
+    ), limits AS (
+        SELECT s.tenant_id, s.plan_code, s.status, s.current_period_start, s.current_period_end,
+               pf.feature_key, pf.period::text AS period, pf.soft_limit::numeric AS soft_limit,
+               pf.hard_limit::numeric AS hard_limit, 'plan'::text AS limit_source
+          FROM s JOIN usage_guard.plan_features pf ON pf.plan_code = s.plan_code
+         WHERE NOT EXISTS (SELECT 1 FROM usage_guard.tenant_overrides o
+                            WHERE o.tenant_id = s.tenant_id AND o.feature_key = pf.feature_key
+                              AND o.period = pf.period AND (o.expires_at IS NULL OR o.expires_at > $2))
+        UNION ALL
+        SELECT s.tenant_id, s.plan_code, s.status, s.current_period_start, s.current_period_end,
+               o.feature_key, o.period::text, o.soft_limit::numeric, o.hard_limit::numeric, 'override'
+          FROM s JOIN usage_guard.tenant_overrides o ON o.tenant_id = s.tenant_id
+         WHERE o.expires_at IS NULL OR o.expires_at > $2
+    )
+    SELECT l.tenant_id, l.plan_code, l.status, l.feature_key, f.unit, l.period,
+           w.window_start, w.window_end, u.usage, l.soft_limit, l.hard_limit,
+           CASE WHEN coalesce(l.hard_limit, l.soft_limit) IS NOT NULL
+                THEN greatest(coalesce(l.hard_limit, l.soft_limit) - u.usage, 0) END,
+           round(100 * u.usage / nullif(coalesce(l.hard_limit, l.soft_limit), 0), 2),
+           l.limit_source
+      FROM limits l
+      JOIN usage_guard.features f ON f.feature_key = l.feature_key
+     CROSS JOIN LATERAL usage_guard.window_of(l.period, $2, l.current_period_start, l.current_period_end) w
+     CROSS JOIN LATERAL (SELECT coalesce(sum(e.amount), 0) AS usage
+                           FROM usage_guard.usage_events e
+                          WHERE e.tenant_id = l.tenant_id AND e.feature_key = l.feature_key
+                            AND e.occurred_at >= w.window_start AND e.occurred_at < w.window_end) u;
+END;
+COMMENT ON FUNCTION usage_guard.limit_windows(text, timestamptz) IS
+    'Internal: a tenant''s limits in force at an instant, with the window of each and its committed usage (any subscription status)';

@@ -24,8 +24,30 @@ static CachedQuery feature_query = {
 	1, {TEXTOID}
 };
 
+/*
+ * The subscription, else the default plan (plans.is_default): a tenant
+ * without a subscription row is decided by it, as if active, with calendar
+ * months as billing periods (anchor 2000-01-01 UTC).  Column 5 is the
+ * plan's unlimited_by_default.
+ */
 static CachedQuery subscription_query = {
-	"SELECT plan_code, status, current_period_start, current_period_end"
+	"SELECT s.plan_code, s.status, s.current_period_start, s.current_period_end,"
+	"       p.unlimited_by_default"
+	"  FROM usage_guard.tenant_subscriptions s"
+	"  JOIN usage_guard.plans p ON p.plan_code = s.plan_code"
+	" WHERE s.tenant_id = $1"
+	" UNION ALL "
+	"SELECT p.plan_code, 'active', '2000-01-01 00:00:00+00'::pg_catalog.timestamptz, NULL,"
+	"       p.unlimited_by_default"
+	"  FROM usage_guard.plans p"
+	" WHERE p.is_default"
+	"   AND NOT EXISTS (SELECT 1 FROM usage_guard.tenant_subscriptions s WHERE s.tenant_id = $1)",
+	1, {TEXTOID}
+};
+
+/* The same against a catalog from before 0.5.0 (library updated, SQL not yet) */
+static CachedQuery subscription_query_old = {
+	"SELECT plan_code, status, current_period_start, current_period_end, false"
 	"  FROM usage_guard.tenant_subscriptions WHERE tenant_id = $1",
 	1, {TEXTOID}
 };
@@ -89,6 +111,20 @@ ReadLimitRows(LimitPair *pairs, TimestampTz *expires)
 	return mask;
 }
 
+/*
+ * Does the catalog have 0.5.0's plan columns (is_default,
+ * unlimited_by_default)?  Between installing this library and ALTER
+ * EXTENSION UPDATE it may not.
+ */
+static bool
+PlansHaveDefaults(void)
+{
+	Oid			nsp = get_namespace_oid("usage_guard", true);
+	Oid			plans = OidIsValid(nsp) ? get_relname_relid("plans", nsp) : InvalidOid;
+
+	return OidIsValid(plans) && get_attnum(plans, "is_default") != InvalidAttrNumber;
+}
+
 /* Fill a policy from the catalog */
 void
 LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
@@ -108,14 +144,15 @@ LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
 	policy->feature_exists = SPI_processed > 0;
 
 	values[0] = CStringGetTextDatum(tenant_id);
-	RunQuery(&subscription_query, values, NULL, true, 1);
+	RunQuery(PlansHaveDefaults() ? &subscription_query : &subscription_query_old,
+			 values, NULL, true, 1);
 	if (SPI_processed > 0)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
+		bool		unlimited;
 		Datum		d;
-
 		char	   *plan = SPI_getvalue(tup, desc, 1);
 
 		if (strlen(plan) > UG_NAME_MAX)
@@ -130,10 +167,21 @@ LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
 		d = SPI_getbinval(tup, desc, 4, &isnull);
 		policy->period_end = isnull ? DT_NOEND : DatumGetTimestampTz(d);
 
+		unlimited = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull)) && !isnull;
+
 		values[0] = CStringGetTextDatum(policy->plan_code);
 		values[1] = CStringGetTextDatum(feature_key);
 		RunQuery(&plan_limits_query, values, NULL, true, 0);
 		policy->plan_mask = ReadLimitRows(policy->plan_limits, NULL);
+
+		/*
+		 * A plan that makes every feature unlimited unless it limits it
+		 * (seed 004's enterprise tier): an unlisted feature gets an
+		 * unlimited billing-period window instead of "not included", so a
+		 * feature added later is not refused.
+		 */
+		if (policy->plan_mask == 0 && unlimited && policy->feature_exists)
+			policy->plan_mask = (uint8) (1 << PERIOD_BILLING);
 	}
 
 	values[0] = CStringGetTextDatum(tenant_id);

@@ -54,9 +54,16 @@ CREATE TABLE usage_guard.plans (
         CONSTRAINT plans_code_valid CHECK (plan_code ~ '^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,254}$'),
     name        text,
     description text,
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    unlimited_by_default boolean NOT NULL DEFAULT false,
+    is_default  boolean NOT NULL DEFAULT false
 );
 COMMENT ON TABLE usage_guard.plans IS 'Plans a tenant can subscribe to';
+COMMENT ON COLUMN usage_guard.plans.unlimited_by_default IS
+    'Features this plan does not list are unlimited (instead of not included): an enterprise tier where every feature, even one added later, is unlimited unless limited';
+COMMENT ON COLUMN usage_guard.plans.is_default IS
+    'The plan of tenants without a subscription row (at most one plan): decided as active, billing periods are calendar months; false everywhere = such tenants get usage_policy_configuration_error';
+CREATE UNIQUE INDEX plans_one_default ON usage_guard.plans ((true)) WHERE is_default;
 
 CREATE TABLE usage_guard.plan_features (
     plan_code   text NOT NULL REFERENCES usage_guard.plans ON UPDATE CASCADE ON DELETE CASCADE,

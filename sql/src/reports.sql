@@ -139,7 +139,14 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     WITH s AS (
-        SELECT * FROM usage_guard.tenant_subscriptions t WHERE t.tenant_id = $1
+        SELECT t.tenant_id, t.plan_code, t.status, t.current_period_start, t.current_period_end
+          FROM usage_guard.tenant_subscriptions t WHERE t.tenant_id = $1
+        UNION ALL
+        -- no subscription row: the default plan, if any (as the decisions do)
+        SELECT $1, p.plan_code, 'active', '2000-01-01 00:00:00+00'::timestamptz, NULL
+          FROM usage_guard.plans p
+         WHERE p.is_default
+           AND NOT EXISTS (SELECT 1 FROM usage_guard.tenant_subscriptions t WHERE t.tenant_id = $1)
     ), limits AS (
         SELECT s.tenant_id, s.plan_code, s.status, s.current_period_start, s.current_period_end,
                pf.feature_key, pf.period::text AS period, pf.soft_limit::numeric AS soft_limit,
@@ -213,6 +220,9 @@ BEGIN
     END IF;
     SELECT s.status, s.plan_code INTO v_status, v_plan
       FROM usage_guard.tenant_subscriptions s WHERE s.tenant_id = p_tenant;
+    IF NOT FOUND THEN
+        SELECT 'active', p.plan_code INTO v_status, v_plan FROM usage_guard.plans p WHERE p.is_default;
+    END IF;
     IF NOT FOUND OR v_status NOT IN ('active', 'trialing') THEN
         PERFORM usage_guard.raise_policy_error(p_tenant, NULL, v_plan, v_status);
     END IF;
