@@ -99,10 +99,48 @@ SELECT try($$SELECT * FROM usage_guard.usage_anomalies('rep_anom', '2 hours', ba
 SELECT try($$SELECT * FROM usage_guard.top_consumers('nope', '1 hour', 5)$$);
 SELECT try($$SELECT * FROM usage_guard.top_consumers('rep_msgs', '-1 hour', 5)$$);
 
--- an admin reset is an audited adjustment: history stays
-SELECT * FROM usage_guard.reset_usage('rep-a', 'rep_msgs', 'support ticket 42', at => '2025-11-18 12:00+00');
-SELECT feature_key, period, usage, status FROM usage_guard.usage_status('rep-a', '2025-11-18 12:00+00') WHERE feature_key = 'rep_msgs';
-SELECT amount, kind, attributes - 'by' AS attributes FROM usage_guard.usage_events WHERE tenant_id = 'rep-a' AND kind = 'adjustment';
+-- An admin reset gives back one window and no other (seed replay): the
+-- tenant used 300 earlier in November and 80 today against 100 a day and
+-- 1000 a month.  Resetting the day gives the day back (0 of 100); the
+-- month still counts 380, and billable totals stay 380: a reset is not a
+-- refund.  It is an audited row of usage_resets; history stays.
+INSERT INTO usage_guard.features (feature_key) VALUES ('rep_reset');
+INSERT INTO usage_guard.plans (plan_code) VALUES ('rep_reset_plan');
+INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, hard_limit)
+VALUES ('rep_reset_plan', 'rep_reset', 'day', 100), ('rep_reset_plan', 'rep_reset', 'month', 1000);
+INSERT INTO usage_guard.tenant_subscriptions (tenant_id, plan_code) VALUES ('rep-r', 'rep_reset_plan');
+SELECT count(*) FROM (SELECT usage_guard.usage_record('rep-r', 'rep_reset', 60, '2025-11-03 10:00+00'::timestamptz + d * interval '1 day')
+                        FROM generate_series(0, 4) AS d) x;
+SELECT allowed, usage FROM usage_guard.usage_consume('rep-r', 'rep_reset', 80, at => '2025-11-18 09:00+00');
+SELECT allowed, decision, period, usage FROM usage_guard.usage_check('rep-r', 'rep_reset', 30, '2025-11-18 11:00+00');
+SELECT * FROM usage_guard.reset_usage('rep-r', 'rep_reset', 'support ticket 42', 'day', '2025-11-18 12:00+00');
+SELECT feature_key, period, usage, status FROM usage_guard.usage_status('rep-r', '2025-11-18 12:00+00');
+SELECT total FROM usage_guard.get_usage_totals('rep-r', '2025-11-01', '2025-12-01', '{rep_reset}');
+SELECT window_start, window_end, usage FROM usage_guard.usage_counters WHERE tenant_id = 'rep-r' ORDER BY window_end - window_start, window_start;
+-- the day has room again (the decision is the shared counters'), the month counts on
+SELECT allowed, usage FROM usage_guard.usage_consume('rep-r', 'rep_reset', 90, at => '2025-11-18 13:00+00');
+SELECT allowed, decision, period, usage FROM usage_guard.usage_check('rep-r', 'rep_reset', 11, '2025-11-18 13:00+00');
+-- the audit row; the ledger keeps every unit, no adjustment was written
+SELECT tenant_id, feature_key, period, window_start, window_end, amount, reason, reset_by = session_user AS by_me
+  FROM usage_guard.usage_resets WHERE tenant_id = 'rep-r';
+SELECT count(*) FILTER (WHERE kind = 'adjustment') AS adjustments, sum(amount) AS ledger_total
+  FROM usage_guard.usage_events WHERE tenant_id = 'rep-r';
+-- a report judges the day as the decisions saw it (80, reset, then 90: peak
+-- 90, no hit) while usage stays what is billed
+SELECT limit_period, usage, peak_usage, windows_at_hard, status
+  FROM usage_guard.usage_report('rep-r', period_start => '2025-11-01', period_end => '2025-12-01');
+-- reloading from the tables gives the same counters
+SELECT usage_guard.reset_counters() > 0 AS recomputed;
+SELECT window_start, usage FROM usage_guard.usage_counters WHERE tenant_id = 'rep-r' ORDER BY window_end - window_start, window_start;
+-- a reset inside a transaction that rolls back gives nothing back
+BEGIN;
+SELECT adjustment FROM usage_guard.reset_usage('rep-r', 'rep_reset', 'oops', 'day', '2025-11-18 14:00+00');
+ROLLBACK;
+SELECT usage FROM usage_guard.usage_check('rep-r', 'rep_reset', 0, '2025-11-18 14:00+00');
+-- resets are append-only like the ledger
+SELECT try($$DELETE FROM usage_guard.usage_resets$$);
+-- the older tenant: its shortest window by default
+SELECT * FROM usage_guard.reset_usage('rep-a', 'rep_msgs', 'support ticket 43', at => '2025-11-18 12:00+00');
 SELECT count(*) AS history_kept FROM usage_guard.usage_events WHERE tenant_id = 'rep-a' AND kind = 'record';
 SELECT try($$SELECT * FROM usage_guard.reset_usage('rep-a', 'rep_msgs')$$);
 SELECT try($$SELECT * FROM usage_guard.reset_usage('rep-a', 'rep_msgs', 'x', 'year')$$);

@@ -62,6 +62,9 @@ typedef struct LocalWrite
 	SubTransactionId subid;
 	bool		undoable;		/* may be taken back (idempotent insert): never merged */
 	bool		mixed;			/* merged writes with different times */
+	bool		scoped;			/* a window reset: counts in [scope_start, scope_end) only */
+	TimestampTz scope_start;
+	TimestampTz scope_end;
 	int			nregistered;	/* windows this write was added to */
 	TimestampTz reg_start[UG_MAX_WINDOWS];
 	TimestampTz reg_end[UG_MAX_WINDOWS];
@@ -101,6 +104,8 @@ extern bool LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *s
 extern void WritesInit(void);
 extern LocalWrite *CountWrite(CounterEntry *entry, const CounterKey *key, uint32 hash,
 							  TimestampTz at, Amount amount, bool undoable);
+extern LocalWrite *CountScopedWrite(CounterEntry *entry, const CounterKey *key, uint32 hash,
+									TimestampTz start, TimestampTz end, Amount amount);
 extern void UndoLocalWrite(LocalWrite *w);
 extern bool OwnWritesIn(const CounterKey *key, TimestampTz start, TimestampTz end,
 						Amount *positive, Amount *negative);

@@ -26,6 +26,8 @@
 #include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "catalog/namespace.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
@@ -35,12 +37,37 @@
 /* Nonzero while our own functions insert: the trigger leaves those rows alone */
 static int	own_insert_depth = 0;
 
+/*
+ * A window's usage: its ledger rows, plus the resets of exactly that window
+ * (usage_resets, since 0.5.0; the old query serves a catalog not yet
+ * updated).  Resets are not in the ledger, so billable totals never see
+ * them.
+ */
 static CachedQuery window_sum_query = {
+	"SELECT coalesce((SELECT pg_catalog.sum(amount) FROM usage_guard.usage_events"
+	"                  WHERE tenant_id = $1 AND feature_key = $2"
+	"                    AND occurred_at >= $3 AND occurred_at < $4), 0)"
+	"     + coalesce((SELECT pg_catalog.sum(amount) FROM usage_guard.usage_resets"
+	"                  WHERE tenant_id = $1 AND feature_key = $2"
+	"                    AND window_start = $3 AND window_end = $4), 0)",
+	4, {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+};
+
+static CachedQuery window_sum_query_old = {
 	"SELECT coalesce(pg_catalog.sum(amount), 0) FROM usage_guard.usage_events"
 	" WHERE tenant_id = $1 AND feature_key = $2"
 	"   AND occurred_at >= $3 AND occurred_at < $4",
 	4, {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 };
+
+/* Is there a usage_resets table (0.5.0's catalog)? */
+static bool
+HaveResets(void)
+{
+	Oid			nsp = get_namespace_oid("usage_guard", true);
+
+	return OidIsValid(nsp) && OidIsValid(get_relname_relid("usage_resets", nsp));
+}
 
 static CachedQuery key_query = {
 	"SELECT 1 FROM usage_guard.usage_events"
@@ -83,7 +110,7 @@ LedgerWindowSum(const char *tenant_id, const char *feature_key,
 	values[3] = TimestampTzGetDatum(end);
 	BeginInternal(&ctx, true);
 	RequireWholeLedgerVisible(LedgerRelid());
-	RunQueryLatest(&window_sum_query, values, NULL, 1);
+	RunQueryLatest(HaveResets() ? &window_sum_query : &window_sum_query_old, values, NULL, 1);
 	EndInternal(&ctx);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (isnull || !NumericToAmount(DatumGetNumeric(d), &sum))
@@ -425,5 +452,87 @@ usage_guard_ledger_insert(PG_FUNCTION_ARGS)
 				 errhint("Features are rows of usage_guard.features.")));
 
 	CountLedgerRow(tenant_id, feature_key, at, amount, false);
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * Count a window reset in the live window it resets (not in the others):
+ * like CountLedgerRow, holding the key lock as a writer until the
+ * transaction ends, and settled at commit.
+ */
+static void
+CountResetRow(const char *tenant_id, const char *feature_key, TimestampTz start,
+			  TimestampTz end, Amount amount)
+{
+	CounterKey	key;
+	uint32		hash;
+	LWLock	   *lock;
+
+	if (!CountersUsable())
+		return;
+	MakeCounterKey(&key, LedgerRelid(), tenant_id, feature_key);
+	hash = CounterKeyHash(&key);
+	LockCounterKey(&key, hash, RowExclusiveLock);
+	lock = CounterPartitionLock(hash);
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	(void) CountScopedWrite(CounterLookup(&key, hash), &key, hash, start, end, amount);
+	LWLockRelease(lock);
+}
+
+PG_FUNCTION_INFO_V1(usage_guard_reset_insert);
+/* AFTER INSERT row trigger on usage_resets: validate and count a window reset */
+Datum
+usage_guard_reset_insert(PG_FUNCTION_ARGS)
+{
+	TriggerData *trig = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	HeapTuple	tuple;
+	TupleDesc	desc;
+	bool		isnull;
+	char	   *tenant_id;
+	char	   *feature_key;
+	char	   *period;
+	TimestampTz start;
+	TimestampTz end;
+	Amount		amount;
+	PeriodKind	kind;
+	Policy		policy;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_INSERT(trig->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trig->tg_event) || !TRIGGER_FIRED_AFTER(trig->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("usage_guard_reset_insert must be an AFTER INSERT FOR EACH ROW trigger")));
+	rel = trig->tg_relation;
+	tuple = trig->tg_trigtuple;
+	desc = RelationGetDescr(rel);
+	tenant_id = TextDatumGetCString(heap_getattr(tuple, LedgerAttnum(rel, "tenant_id"), desc, &isnull));
+	feature_key = TextDatumGetCString(heap_getattr(tuple, LedgerAttnum(rel, "feature_key"), desc, &isnull));
+	period = TextDatumGetCString(heap_getattr(tuple, LedgerAttnum(rel, "period"), desc, &isnull));
+	start = DatumGetTimestampTz(heap_getattr(tuple, LedgerAttnum(rel, "window_start"), desc, &isnull));
+	end = DatumGetTimestampTz(heap_getattr(tuple, LedgerAttnum(rel, "window_end"), desc, &isnull));
+
+	if (tenant_id[0] == '\0' || strlen(tenant_id) > UG_NAME_MAX)
+		LedgerRowError(psprintf("tenant_id must be 1 to %d bytes", UG_NAME_MAX));
+	if (feature_key[0] == '\0' || strlen(feature_key) > UG_NAME_MAX)
+		LedgerRowError(psprintf("feature_key must be 1 to %d bytes", UG_NAME_MAX));
+	if (!PeriodKindFromName(period, &kind))
+		LedgerRowError("period must be a period kind");
+	/* a calendar window is finite; only a lifetime window is unbounded */
+	if (kind == PERIOD_LIFETIME ? (start != DT_NOBEGIN || end != DT_NOEND)
+		: (!isfinite_ts(start) || !isfinite_ts(end)))
+		LedgerRowError("the window must be finite, or (-infinity, infinity) for lifetime");
+	if (!NumericToAmount(DatumGetNumeric(heap_getattr(tuple, LedgerAttnum(rel, "amount"), desc, &isnull)), &amount) ||
+		amount > USAGE_GUARD_MAX_AMOUNT * AMOUNT_ONE || amount < -USAGE_GUARD_MAX_AMOUNT * AMOUNT_ONE)
+		LedgerRowError("amount must be between -1e15 and 1e15 with at most 12 decimal places");
+
+	GetPolicy(tenant_id, feature_key, &policy);
+	if (!policy.feature_exists)
+		ereport(ERROR,
+				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+				 errmsg("unknown feature \"%s\"", feature_key),
+				 errhint("Features are rows of usage_guard.features.")));
+
+	CountResetRow(tenant_id, feature_key, start, end, amount);
 	return PointerGetDatum(NULL);
 }

@@ -91,6 +91,15 @@ LockIdempotencyKey(const char *tenant_id, const char *feature_key, const char *k
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 
+/* Does a write count in the window [start, end)? */
+static bool
+InWindow(const LocalWrite *w, TimestampTz start, TimestampTz end)
+{
+	if (w->scoped)
+		return w->scope_start == start && w->scope_end == end;
+	return w->at >= start && w->at < end;
+}
+
 static bool
 Registered(const LocalWrite *w, TimestampTz start, TimestampTz end)
 {
@@ -119,7 +128,7 @@ RegisterWrite(CounterEntry *entry, LocalWrite *w)
 	{
 		CounterWindow *win = &entry->windows[i];
 
-		if (w->at < win->start || w->at >= win->end || Registered(w, win->start, win->end))
+		if (!InWindow(w, win->start, win->end) || Registered(w, win->start, win->end))
 			continue;
 		if (w->amount >= 0)
 			win->reserved += w->amount;
@@ -168,9 +177,10 @@ SameRegistrations(const LocalWrite *a, const LocalWrite *b)
  * undoable write (an insert that may turn out to be an idempotent
  * duplicate) is kept on its own and returned; otherwise NULL may be.
  */
-LocalWrite *
-CountWrite(CounterEntry *entry, const CounterKey *key, uint32 hash,
-		   TimestampTz at, Amount amount, bool undoable)
+static LocalWrite *
+AddWrite(CounterEntry *entry, const CounterKey *key, uint32 hash, TimestampTz at,
+		 Amount amount, bool undoable, bool scoped, TimestampTz scope_start,
+		 TimestampTz scope_end)
 {
 	LocalWrite *w = MemoryContextAllocZero(TopTransactionContext, sizeof(LocalWrite));
 	LocalWrite *prev = writes;
@@ -181,6 +191,9 @@ CountWrite(CounterEntry *entry, const CounterKey *key, uint32 hash,
 	w->amount = amount;
 	w->subid = GetCurrentSubTransactionId();
 	w->undoable = undoable;
+	w->scoped = scoped;
+	w->scope_start = scope_start;
+	w->scope_end = scope_end;
 	if (entry != NULL)
 		RegisterWrite(entry, w);
 
@@ -190,7 +203,8 @@ CountWrite(CounterEntry *entry, const CounterKey *key, uint32 hash,
 		pfree(w);
 		return NULL;
 	}
-	if (!undoable && prev != NULL && !prev->undoable && prev->subid == w->subid &&
+	if (!undoable && !scoped && prev != NULL && !prev->undoable && !prev->scoped &&
+		prev->subid == w->subid &&
 		(prev->amount >= 0) == (amount >= 0) && prev->hash == hash &&
 		memcmp(&prev->key, key, sizeof(CounterKey)) == 0 && SameRegistrations(prev, w))
 	{
@@ -202,6 +216,24 @@ CountWrite(CounterEntry *entry, const CounterKey *key, uint32 hash,
 	w->next = writes;
 	writes = w;
 	return w;
+}
+
+LocalWrite *
+CountWrite(CounterEntry *entry, const CounterKey *key, uint32 hash,
+		   TimestampTz at, Amount amount, bool undoable)
+{
+	return AddWrite(entry, key, hash, at, amount, undoable, false, 0, 0);
+}
+
+/*
+ * Count a window reset (a row of usage_resets) the same way, but in the one
+ * window [start, end) it resets: the day is given back, the month is not.
+ */
+LocalWrite *
+CountScopedWrite(CounterEntry *entry, const CounterKey *key, uint32 hash,
+				 TimestampTz start, TimestampTz end, Amount amount)
+{
+	return AddWrite(entry, key, hash, start, amount, false, true, start, end);
 }
 
 /* Apply a settled write to the windows it was counted in */
@@ -274,7 +306,7 @@ OwnWritesIn(const CounterKey *key, TimestampTz start, TimestampTz end,
 			continue;
 		if (w->mixed)
 			return false;
-		if (w->at < start || w->at >= end)
+		if (!InWindow(w, start, end))
 			continue;
 		if (w->amount >= 0)
 			*positive += w->amount;
@@ -290,7 +322,7 @@ RegisterOwnWritesIn(const CounterKey *key, TimestampTz start, TimestampTz end)
 {
 	for (LocalWrite *w = writes; w != NULL; w = w->next)
 	{
-		if (w->at >= start && w->at < end && memcmp(&w->key, key, sizeof(CounterKey)) == 0)
+		if (InWindow(w, start, end) && memcmp(&w->key, key, sizeof(CounterKey)) == 0)
 			AddRegistration(w, start, end);
 	}
 }

@@ -13,8 +13,9 @@
 -- Admin reset
 --------------------------------------------------------------------------
 
--- An admin reset is a ledger row, never a deletion: it cancels the usage of
--- the chosen window (default: the feature's shortest limited window).
+-- An admin reset is a row of usage_resets, never a deletion: it gives back
+-- the usage of one window (default: the feature's shortest limited window)
+-- and of no other; billable totals keep it (a reset is not a refund).
 CREATE FUNCTION usage_guard.reset_usage_rows(
     in_tenant_id text, in_feature_key text, in_reason text, in_period text, in_at timestamptz)
 RETURNS TABLE (feature_key text, period text, window_start timestamptz, window_end timestamptz,
@@ -36,7 +37,7 @@ BEGIN
     IF p_reason IS NULL OR btrim(p_reason) = '' THEN
         RAISE EXCEPTION 'a reset needs a reason'
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'It is kept in the ledger row''s attributes, with who reset and which window.';
+                  HINT = 'It is kept in usage_guard.usage_resets, with who reset and which window.';
     END IF;
     IF p_period IS NOT NULL AND p_period NOT IN ('hour', 'day', 'week', 'month', 'billing_period', 'lifetime') THEN
         RAISE EXCEPTION 'unknown period "%"', p_period USING ERRCODE = 'invalid_parameter_value';
@@ -55,11 +56,9 @@ BEGIN
          ORDER BY lw.feature_key, usage_guard.window_length(lw.window_start, lw.window_end)
     LOOP
         IF w.usage <> 0 THEN
-            INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount, occurred_at, kind, attributes)
-            VALUES (p_tenant, w.feature_key, -w.usage, p_at, 'adjustment',
-                    jsonb_build_object('reset', true, 'reason', p_reason, 'by', session_user,
-                                       'period', w.period, 'window_start', w.window_start,
-                                       'window_end', w.window_end));
+            INSERT INTO usage_guard.usage_resets (tenant_id, feature_key, period, window_start,
+                                                  window_end, amount, reason)
+            VALUES (p_tenant, w.feature_key, w.period, w.window_start, w.window_end, -w.usage, p_reason);
         END IF;
         feature_key := w.feature_key; period := w.period;
         window_start := w.window_start; window_end := w.window_end;
@@ -85,7 +84,7 @@ BEGIN ATOMIC
     SELECT * FROM usage_guard.reset_usage_rows($1, $2, $3, $4, $5);
 END;
 COMMENT ON FUNCTION usage_guard.reset_usage(text, text, text, text, timestamptz) IS
-    'Admin reset: cancels a tenant''s usage in the current window of a period (default: each feature''s shortest limited window) with an adjustment row in the ledger recording reason, user and window; history is never deleted';
+    'Admin reset: gives back a tenant''s usage in the current window of a period (default: each feature''s shortest limited window) with a row of usage_resets recording reason, user and window; other windows and billable totals are unchanged; history is never deleted';
 
 --------------------------------------------------------------------------
 -- Entitlement sync

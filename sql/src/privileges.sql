@@ -61,7 +61,7 @@ GRANT EXECUTE ON FUNCTION
 GRANT SELECT ON
     usage_guard.features, usage_guard.plans, usage_guard.plan_features,
     usage_guard.tenant_subscriptions, usage_guard.tenant_overrides,
-    usage_guard.usage_events, usage_guard.subscription_usage,
+    usage_guard.usage_events, usage_guard.usage_resets, usage_guard.subscription_usage,
     usage_guard.usage_daily, usage_guard.usage_monthly
     TO usage_guard_reader;
 GRANT EXECUTE ON FUNCTION
@@ -90,7 +90,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON
     usage_guard.features, usage_guard.plans, usage_guard.plan_features,
     usage_guard.tenant_subscriptions, usage_guard.tenant_overrides
     TO usage_guard_admin;
-GRANT INSERT ON usage_guard.usage_events TO usage_guard_admin;
+GRANT INSERT ON usage_guard.usage_events, usage_guard.usage_resets TO usage_guard_admin;
 GRANT SELECT ON usage_guard.usage_counters TO usage_guard_admin;
 GRANT EXECUTE ON FUNCTION
     usage_guard.live_counters(),

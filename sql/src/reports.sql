@@ -170,10 +170,16 @@ BEGIN ATOMIC
       FROM limits l
       JOIN usage_guard.features f ON f.feature_key = l.feature_key
      CROSS JOIN LATERAL usage_guard.window_of(l.period, $2, l.current_period_start, l.current_period_end) w
-     CROSS JOIN LATERAL (SELECT coalesce(sum(e.amount), 0) AS usage
-                           FROM usage_guard.usage_events e
-                          WHERE e.tenant_id = l.tenant_id AND e.feature_key = l.feature_key
-                            AND e.occurred_at >= w.window_start AND e.occurred_at < w.window_end) u;
+     CROSS JOIN LATERAL (SELECT coalesce((SELECT sum(e.amount)
+                                            FROM usage_guard.usage_events e
+                                           WHERE e.tenant_id = l.tenant_id AND e.feature_key = l.feature_key
+                                             AND e.occurred_at >= w.window_start AND e.occurred_at < w.window_end), 0)
+                               -- resets of exactly this window, as the decisions count them
+                               + coalesce((SELECT sum(r.amount)
+                                            FROM usage_guard.usage_resets r
+                                           WHERE r.tenant_id = l.tenant_id AND r.feature_key = l.feature_key
+                                             AND r.window_start = w.window_start AND r.window_end = w.window_end), 0)
+                                 AS usage) u;
 END;
 COMMENT ON FUNCTION usage_guard.limit_windows(text, timestamptz) IS
     'Internal: a tenant''s limits in force at an instant, with the window of each and its committed usage (any subscription status)';
@@ -315,11 +321,19 @@ BEGIN
                    (array_agg(wu.we ORDER BY wu.u DESC, wu.ws))[1] AS peak_end,
                    count(*) FILTER (WHERE wu.u > l.soft_limit) AS over_soft,
                    count(*) FILTER (WHERE wu.u >= l.hard_limit) AS at_hard
-              FROM (SELECT w.window_start AS ws, w.window_end AS we, sum(e.amount) AS u
-                      FROM usage_guard.usage_events e
-                     CROSS JOIN LATERAL usage_guard.window_of(l.period, e.occurred_at, l.cps, l.cpe) w
-                     WHERE e.tenant_id = l.tenant_id AND e.feature_key = l.feature_key
-                       AND e.occurred_at >= l.first_start AND e.occurred_at < l.last_end
+              FROM (SELECT x.ws, x.we, sum(x.amount) AS u
+                      FROM (SELECT w.window_start AS ws, w.window_end AS we, e.amount
+                              FROM usage_guard.usage_events e
+                             CROSS JOIN LATERAL usage_guard.window_of(l.period, e.occurred_at, l.cps, l.cpe) w
+                             WHERE e.tenant_id = l.tenant_id AND e.feature_key = l.feature_key
+                               AND e.occurred_at >= l.first_start AND e.occurred_at < l.last_end
+                            UNION ALL
+                            -- windows are judged as the decisions saw them: with their resets
+                            SELECT r.window_start, r.window_end, r.amount
+                              FROM usage_guard.usage_resets r
+                             WHERE r.tenant_id = l.tenant_id AND r.feature_key = l.feature_key
+                               AND r.period = l.period
+                               AND r.window_start >= l.first_start AND r.window_end <= l.last_end) x
                      GROUP BY 1, 2) wu) pk
      ORDER BY 1, 3, l.length, 9;
 END
