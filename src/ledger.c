@@ -382,6 +382,42 @@ LedgerRowError(const char *what)
 			 errhint("Prefer usage_guard.usage_record() or usage_consume(); corrections are rows of kind 'adjustment'.")));
 }
 
+/* Names of a row written directly (ledger or resets): the functions' limit */
+static void
+CheckRowNames(const char *tenant_id, const char *feature_key)
+{
+	if (tenant_id[0] == '\0' || strlen(tenant_id) > UG_NAME_MAX)
+		LedgerRowError(psprintf("tenant_id must be 1 to %d bytes", UG_NAME_MAX));
+	if (feature_key[0] == '\0' || strlen(feature_key) > UG_NAME_MAX)
+		LedgerRowError(psprintf("feature_key must be 1 to %d bytes", UG_NAME_MAX));
+}
+
+/* An amount of a row written directly, as an Amount within the API's range */
+static Amount
+RowAmount(Numeric num)
+{
+	Amount		amount;
+
+	if (!NumericToAmount(num, &amount) ||
+		amount > USAGE_GUARD_MAX_AMOUNT * AMOUNT_ONE || amount < -USAGE_GUARD_MAX_AMOUNT * AMOUNT_ONE)
+		LedgerRowError("amount must be between -1e15 and 1e15 with at most 12 decimal places");
+	return amount;
+}
+
+/* A row written directly must name a known feature (there is no foreign key) */
+static void
+RequireRowFeature(const char *tenant_id, const char *feature_key)
+{
+	Policy		policy;
+
+	GetPolicy(tenant_id, feature_key, &policy);
+	if (!policy.feature_exists)
+		ereport(ERROR,
+				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+				 errmsg("unknown feature \"%s\"", feature_key),
+				 errhint("Features are rows of usage_guard.features.")));
+}
+
 PG_FUNCTION_INFO_V1(usage_guard_ledger_insert);
 /* AFTER INSERT row trigger on usage_events: validate and count other writers' rows */
 Datum
@@ -400,7 +436,6 @@ usage_guard_ledger_insert(PG_FUNCTION_ARGS)
 	char	   *kind;
 	Datum		key_datum;
 	bool		key_null;
-	Policy		policy;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_INSERT(trig->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(trig->tg_event) || !TRIGGER_FIRED_AFTER(trig->tg_event))
@@ -425,10 +460,7 @@ usage_guard_ledger_insert(PG_FUNCTION_ARGS)
 	 * re-parsed and planned for every INSERT statement, a large share of
 	 * the cost of the hot path, whose rows are validated by the functions.
 	 */
-	if (tenant_id[0] == '\0' || strlen(tenant_id) > UG_NAME_MAX)
-		LedgerRowError(psprintf("tenant_id must be 1 to %d bytes", UG_NAME_MAX));
-	if (feature_key[0] == '\0' || strlen(feature_key) > UG_NAME_MAX)
-		LedgerRowError(psprintf("feature_key must be 1 to %d bytes", UG_NAME_MAX));
+	CheckRowNames(tenant_id, feature_key);
 	if (strcmp(kind, "consume") != 0 && strcmp(kind, "record") != 0 &&
 		strcmp(kind, "adjustment") != 0)
 		LedgerRowError("kind must be consume, record or adjustment");
@@ -436,20 +468,13 @@ usage_guard_ledger_insert(PG_FUNCTION_ARGS)
 	if (!key_null && (toast_raw_datum_size(key_datum) == VARHDRSZ ||
 					  toast_raw_datum_size(key_datum) > VARHDRSZ + UG_NAME_MAX))
 		LedgerRowError(psprintf("idempotency_key must be NULL or 1 to %d bytes", UG_NAME_MAX));
-	if (!NumericToAmount(amount_num, &amount) ||
-		amount > USAGE_GUARD_MAX_AMOUNT * AMOUNT_ONE || amount < -USAGE_GUARD_MAX_AMOUNT * AMOUNT_ONE)
-		LedgerRowError("amount must be between -1e15 and 1e15 with at most 12 decimal places");
+	amount = RowAmount(amount_num);
 	if (amount < 0 && strcmp(kind, "adjustment") != 0)
 		LedgerRowError("only rows of kind adjustment may have a negative amount");
 	if (!isfinite_ts(at))
 		LedgerRowError("occurred_at must be finite");
 
-	GetPolicy(tenant_id, feature_key, &policy);
-	if (!policy.feature_exists)
-		ereport(ERROR,
-				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
-				 errmsg("unknown feature \"%s\"", feature_key),
-				 errhint("Features are rows of usage_guard.features.")));
+	RequireRowFeature(tenant_id, feature_key);
 
 	CountLedgerRow(tenant_id, feature_key, at, amount, false);
 	return PointerGetDatum(NULL);
@@ -496,7 +521,6 @@ usage_guard_reset_insert(PG_FUNCTION_ARGS)
 	TimestampTz end;
 	Amount		amount;
 	PeriodKind	kind;
-	Policy		policy;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_INSERT(trig->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(trig->tg_event) || !TRIGGER_FIRED_AFTER(trig->tg_event))
@@ -512,26 +536,16 @@ usage_guard_reset_insert(PG_FUNCTION_ARGS)
 	start = DatumGetTimestampTz(heap_getattr(tuple, LedgerAttnum(rel, "window_start"), desc, &isnull));
 	end = DatumGetTimestampTz(heap_getattr(tuple, LedgerAttnum(rel, "window_end"), desc, &isnull));
 
-	if (tenant_id[0] == '\0' || strlen(tenant_id) > UG_NAME_MAX)
-		LedgerRowError(psprintf("tenant_id must be 1 to %d bytes", UG_NAME_MAX));
-	if (feature_key[0] == '\0' || strlen(feature_key) > UG_NAME_MAX)
-		LedgerRowError(psprintf("feature_key must be 1 to %d bytes", UG_NAME_MAX));
+	CheckRowNames(tenant_id, feature_key);
 	if (!PeriodKindFromName(period, &kind))
 		LedgerRowError("period must be a period kind");
 	/* a calendar window is finite; only a lifetime window is unbounded */
 	if (kind == PERIOD_LIFETIME ? (start != DT_NOBEGIN || end != DT_NOEND)
 		: (!isfinite_ts(start) || !isfinite_ts(end)))
 		LedgerRowError("the window must be finite, or (-infinity, infinity) for lifetime");
-	if (!NumericToAmount(DatumGetNumeric(heap_getattr(tuple, LedgerAttnum(rel, "amount"), desc, &isnull)), &amount) ||
-		amount > USAGE_GUARD_MAX_AMOUNT * AMOUNT_ONE || amount < -USAGE_GUARD_MAX_AMOUNT * AMOUNT_ONE)
-		LedgerRowError("amount must be between -1e15 and 1e15 with at most 12 decimal places");
+	amount = RowAmount(DatumGetNumeric(heap_getattr(tuple, LedgerAttnum(rel, "amount"), desc, &isnull)));
 
-	GetPolicy(tenant_id, feature_key, &policy);
-	if (!policy.feature_exists)
-		ereport(ERROR,
-				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
-				 errmsg("unknown feature \"%s\"", feature_key),
-				 errhint("Features are rows of usage_guard.features.")));
+	RequireRowFeature(tenant_id, feature_key);
 
 	CountResetRow(tenant_id, feature_key, start, end, amount);
 	return PointerGetDatum(NULL);
