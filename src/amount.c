@@ -76,9 +76,9 @@ AmountToCString(Amount a)
 	char		buf[64];
 	char	   *p = buf + sizeof(buf) - 1;
 	bool		negative = a < 0;
-	unsigned __int128 u = negative ? -(unsigned __int128) a : (unsigned __int128) a;
-	unsigned __int128 intpart = u / (unsigned __int128) AMOUNT_ONE;
-	uint64		frac = (uint64) (u % (unsigned __int128) AMOUNT_ONE);
+	uint128		u = negative ? -(uint128) a : (uint128) a;
+	uint128		intpart = u / (uint128) AMOUNT_ONE;
+	uint64		frac = (uint64) (u % (uint128) AMOUNT_ONE);
 	int			fracdigits = AMOUNT_SCALE_DIGITS;
 
 	*p = '\0';

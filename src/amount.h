@@ -9,6 +9,8 @@
 
 #include "utils/numeric.h"
 
+#include "compat.h"
+
 /* An amount in units of 1e-12: 128 bits hold any sum of accepted amounts */
 typedef int128 Amount;
 

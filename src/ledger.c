@@ -244,7 +244,7 @@ DirectInsert(const char *tenant_id, const char *feature_key, Numeric amount,
 	}
 	if (seq_ledger != RelationGetRelid(rel) || seq_generation != CacheGeneration())
 	{
-		seq_id = getIdentitySequence(RelationGetRelid(rel), COL_EVENT_ID + 1, false);
+		seq_id = UgGetIdentitySequence(rel, COL_EVENT_ID + 1);
 		seq_ledger = RelationGetRelid(rel);
 		seq_generation = CacheGeneration();
 	}
@@ -271,7 +271,7 @@ DirectInsert(const char *tenant_id, const char *feature_key, Numeric amount,
 	ExecStoreVirtualTuple(slot);
 
 	table_tuple_insert(rel, slot, GetCurrentCommandId(true), 0, NULL);
-	ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
+	UgExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
 
 	ExecCloseIndices(rri);
 	ExecResetTupleTable(estate->es_tupleTable, false);
@@ -294,9 +294,10 @@ InsertUsageEvent(const char *tenant_id, const char *feature_key,
 				 const char *idempotency_key, Datum attributes)
 {
 	Datum		values[7];
-	char		nulls[7] = "       ";
+	char		nulls[7];		/* SPI: ' ' not null, 'n' null */
 	InternalContext ctx;
 
+	memset(nulls, ' ', sizeof(nulls));
 	if (idempotency_key == NULL &&
 		DirectInsert(tenant_id, feature_key, amount, occurred_at, kind, attributes))
 		return true;

@@ -276,7 +276,7 @@ RequireTenantScope(const char *tenant_id, const char *feature_key, Numeric amoun
 {
 	Oid			ledger = LedgerRelid();
 	Datum		values[7];
-	char		nulls[7] = "       ";
+	char		nulls[7];		/* SPI: ' ' not null, 'n' null */
 	int			guc_level;
 	bool		allowed;
 	bool		isnull;
@@ -285,6 +285,7 @@ RequireTenantScope(const char *tenant_id, const char *feature_key, Numeric amoun
 	if (!OidIsValid(ledger) || check_enable_rls(ledger, InvalidOid, true) != RLS_ENABLED)
 		return;
 
+	memset(nulls, ' ', sizeof(nulls));
 	values[0] = CStringGetTextDatum(tenant_id);
 	values[1] = CStringGetTextDatum(feature_key);
 	values[2] = TimestampTzGetDatum(at);

@@ -17,8 +17,6 @@
 
 PG_MODULE_MAGIC;
 
-PGDLLEXPORT void _PG_init(void);
-
 int			usage_guard_soft_limit_mode = SOFT_LIMIT_WARN;
 
 static const struct config_enum_entry soft_limit_mode_options[] = {

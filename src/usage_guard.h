@@ -16,6 +16,7 @@
  *	writes.c		this transaction's writes, settled at commit/abort; key lock
  *	amount.c		exact fixed-point amounts
  *	query.c			cached SPI plans
+ *	compat.h		PostgreSQL version differences (every PG_VERSION_NUM test)
  */
 #ifndef USAGE_GUARD_H
 #define USAGE_GUARD_H
