@@ -20,7 +20,14 @@ WITH members AS (
 ), rels AS (
     SELECT c.* FROM pg_class c JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = c.oid
 ), types AS (
+    -- the types the scripts create, not those PostgreSQL makes for them
+    -- (array types, row types of tables and views: internal dependents of
+    -- their base object, defined by it).  PostgreSQL 17 lists those as
+    -- extension members too (commit e5bc945, "Explicitly list dependent
+    -- types as extension members"); 15 and 16 do not.
     SELECT t.* FROM pg_type t JOIN members m ON m.classid = 'pg_type'::regclass AND m.objid = t.oid
+     WHERE NOT EXISTS (SELECT 1 FROM pg_depend i
+                        WHERE i.classid = 'pg_type'::regclass AND i.objid = t.oid AND i.deptype = 'i')
 )
 SELECT 'function', p.oid::regprocedure::text,
        -- name, argument names, types and defaults, result, language,
@@ -45,10 +52,16 @@ UNION ALL
 SELECT 'column', format('%s.%s', a.attrelid::regclass, a.attname),
        -- the position among the live columns: a column dropped by an upgrade
        -- leaves a gap in attnum that is no difference
-       format('position %s, type %s, not null %s, default %s, identity %s, generated %s, '
+       -- PostgreSQL 18 catalogs NOT NULL as a named constraint (contype 'n'):
+       -- compared here, with its column, so that every version lists the
+       -- same constraints below (15 to 17 have none: 'none')
+       format('position %s, type %s, not null %s (constraint %s), default %s, identity %s, generated %s, '
               'collation %s, storage %s, compression %s, acl %s, comment %s',
               row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum),
               format_type(a.atttypid, a.atttypmod), a.attnotnull,
+              coalesce((SELECT n.conname || ' ' || pg_get_constraintdef(n.oid) FROM pg_constraint n
+                         WHERE n.contype = 'n' AND n.conrelid = a.attrelid AND n.conkey = ARRAY[a.attnum]),
+                       'none'),
               coalesce(pg_get_expr(ad.adbin, ad.adrelid), 'none'),
               coalesce(nullif(a.attidentity, ''), 'none'), coalesce(nullif(a.attgenerated, ''), 'none'),
               CASE WHEN a.attcollation = 0 THEN 'none' ELSE a.attcollation::regcollation::text END,
@@ -65,7 +78,8 @@ SELECT 'constraint',
        format('%s, comment %s', pg_get_constraintdef(k.oid),
               quote_nullable(obj_description(k.oid, 'pg_constraint')))
   FROM pg_constraint k
- WHERE k.conrelid IN (SELECT oid FROM rels) OR k.contypid IN (SELECT oid FROM types)
+ WHERE (k.conrelid IN (SELECT oid FROM rels) OR k.contypid IN (SELECT oid FROM types))
+   AND k.contype <> 'n'
 UNION ALL
 SELECT 'index', i.indexrelid::regclass::text,
        format('%s, clustered %s, replica identity %s, comment %s', pg_get_indexdef(i.indexrelid),

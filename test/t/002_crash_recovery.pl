@@ -493,7 +493,9 @@ load_and_crash(
 	sub {
 		$log_offset = -s $node->logfile;
 		is(kill('KILL', $killed), 1, "sigkill: killed backend $killed");
-		$node->wait_for_log(qr/server process \(PID $killed\) was terminated by signal 9.*all server processes terminated; reinitializing.*database system is ready to accept connections/s,
+		# PostgreSQL 18 names the process by its type ("client backend
+		# (PID n)"), 15 to 17 say "server process (PID n)"
+		$node->wait_for_log(qr/(?:server process|client backend) \(PID $killed\) was terminated by signal 9.*all server processes terminated; reinitializing.*database system is ready to accept connections/s,
 			$log_offset);
 	});
 ok($node->poll_query_until($db, 'SELECT 1', '1'), 'sigkill: the server accepts connections after crash recovery');
@@ -517,7 +519,7 @@ $node->stop;
 # (a background worker's exit code 1 at shutdown is normal)
 my @crashes = grep { /terminated by signal|terminated by exception|exited with exit code (?!1\b)|PANIC|TRAP:/ }
   split /\n/, slurp_file($node->logfile);
-is_deeply([ map { /server process \(PID (\d+)\) was terminated by signal 9/ ? $1 : $_ } @crashes ],
+is_deeply([ map { /(?:server process|client backend) \(PID (\d+)\) was terminated by signal 9/ ? $1 : $_ } @crashes ],
 	[$killed], 'no server process crashed except the one killed')
   or diag join("\n", @crashes);
 

@@ -2,6 +2,7 @@
 # limit hit writes to the server log.
 use strict;
 use warnings;
+use FindBin;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -88,8 +89,10 @@ for key, q in yaml.safe_load(open(sys.argv[1])).items():
                 cols += [name + "_bucket", name + "_sum", name + "_count"]
     print("%s\t%s\t%s" % (key, ",".join(cols), q["query"]))
 PY
+# found from this file: PostgreSQL 17's PGXS no longer sets $ENV{TESTDIR}
+my $queries_yaml = "$FindBin::RealBin/../../docs/prometheus/queries.yaml";
 my $queries;
-ok(IPC::Run::run([ '/usr/bin/python3', '-c', $lister, "$ENV{TESTDIR}/docs/prometheus/queries.yaml" ],
+ok(IPC::Run::run([ '/usr/bin/python3', '-c', $lister, $queries_yaml ],
         '>', \$queries, '2>', \$stderr), 'queries.yaml parses') or diag($stderr);
 my %keys;
 for my $line (split /\n/, $queries)
