@@ -11,6 +11,12 @@ OBJS = src/usage_guard.o src/api.o src/amount.o src/cache.o src/counters.o \
        src/writes.o src/metrics.o
 PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
+# `make WERROR=1` (the test build, scripts/test.sh) turns every warning into
+# an error, on every PostgreSQL version; a user's plain `make` only warns.
+ifeq ($(WERROR),1)
+PG_CFLAGS += -Werror
+CTL_WERROR = -Werror
+endif
 
 # The install script of the current version is generated, as pgvector's
 # is: sql/src holds the current definition of every object, one file per
@@ -69,7 +75,7 @@ PG_INCLUDEDIR := $(shell $(PG_CONFIG) --includedir)
 PG_LIBDIR := $(shell $(PG_CONFIG) --libdir)
 all: usage_guard_ctl
 usage_guard_ctl: cli/usage_guard_ctl.c usage_guard.control
-	$(CC) $(CFLAGS) -Wall -Wextra -Wno-unused-parameter -DUSAGE_GUARD_VERSION='"$(EXTVERSION)"' -I$(PG_INCLUDEDIR) -o $@ $< -L$(PG_LIBDIR) -lpq
+	$(CC) $(CFLAGS) -Wall -Wextra -Wno-unused-parameter $(CTL_WERROR) -DUSAGE_GUARD_VERSION='"$(EXTVERSION)"' -I$(PG_INCLUDEDIR) -o $@ $< -L$(PG_LIBDIR) -lpq
 install: install-ctl
 .PHONY: install-ctl
 install-ctl: usage_guard_ctl

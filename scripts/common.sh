@@ -6,6 +6,12 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
+# The PostgreSQL major version to build, test or demo with: 15, the one
+# this machine's Debian (12) carries, unless the caller says otherwise
+# (scripts/test.sh --pg runs each version with PG_MAJOR set, newer ones in a
+# chroot of the Debian release that carries them: scripts/pgchroot.sh).
+export PG_MAJOR=${PG_MAJOR:-15}
+
 log() { printf '==> %s\n' "$*" >&2; }
 
 # Run a command as the cluster owner: postgres when we are root, else ourselves.
@@ -19,14 +25,15 @@ as_owner() {
 
 # Debian packages this project needs to build, test and demo.
 ensure_prereqs() {
-    local need=()
+    local need=() v=$PG_MAJOR
     # pg_config and pgxs.mk ship with the client and server packages; only
-    # the server headers prove that postgresql-server-dev-15 is installed.
-    [ -f "$(pg_config_15 --includedir-server 2>/dev/null)/postgres.h" ] || need+=(postgresql-server-dev-15)
-    [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
-    [ -f /usr/share/postgresql/15/extension/pg_cron.control ] || need+=(postgresql-15-cron)
+    # the server headers prove that postgresql-server-dev-$v is installed.
+    [ -f "$(pg_config_major --includedir-server 2>/dev/null)/postgres.h" ] || need+=("postgresql-server-dev-$v")
+    [ -x "/usr/lib/postgresql/$v/bin/postgres" ] || need+=("postgresql-$v")
+    [ -f "/usr/share/postgresql/$v/extension/pg_cron.control" ] || need+=("postgresql-$v-cron")
     perl -MIPC::Run -e1 >/dev/null 2>&1 || need+=(libipc-run-perl)
     /usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 || need+=(python3-prometheus-client)
+    /usr/bin/python3 -c 'import yaml' >/dev/null 2>&1 || need+=(python3-yaml)
     command -v make >/dev/null 2>&1 || need+=(make)
     command -v gcc >/dev/null 2>&1 || need+=(gcc)
     if [ ${#need[@]} -gt 0 ]; then
@@ -42,24 +49,25 @@ ensure_prereqs() {
     if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
         useradd --system --home /var/lib/postgresql --shell /bin/bash postgres
     fi
-    export PATH="$(pg_config_15 --bindir):$PATH"
-    export PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+    export PATH="$(pg_config_major --bindir):$PATH"
+    export PG_CONFIG=/usr/lib/postgresql/$v/bin/pg_config
 }
 
-# PostgreSQL 15's own pg_config (Debian's /usr/bin/pg_config follows the
-# newest installed server, or libpq-dev's when there is none).
-pg_config_15() {
-    if [ -x /usr/lib/postgresql/15/bin/pg_config ]; then
-        /usr/lib/postgresql/15/bin/pg_config "$@"
+# PostgreSQL $PG_MAJOR's own pg_config (Debian's /usr/bin/pg_config follows
+# the newest installed server, or libpq-dev's when there is none).
+pg_config_major() {
+    if [ -x "/usr/lib/postgresql/$PG_MAJOR/bin/pg_config" ]; then
+        "/usr/lib/postgresql/$PG_MAJOR/bin/pg_config" "$@"
     else
         pg_config "$@"
     fi
 }
 
+# build_install [MAKE VARIABLES...]: e.g. WERROR=1 (the test build)
 build_install() {
-    log "building and installing usage_guard"
+    log "building and installing usage_guard for $("$PG_CONFIG" --version) ($PG_CONFIG)"
     make -C "$ROOT" -s clean PG_CONFIG="$PG_CONFIG" >/dev/null
-    make -C "$ROOT" -s PG_CONFIG="$PG_CONFIG"
+    make -C "$ROOT" -s PG_CONFIG="$PG_CONFIG" "$@"
     if [ "$(id -u)" = 0 ]; then
         make -C "$ROOT" -s install PG_CONFIG="$PG_CONFIG" >/dev/null
     else

@@ -1,11 +1,87 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on throwaway clusters: pg_regress, isolation
-# and (when present) TAP tests.  Installs missing Debian packages, builds and
-# installs the extension first.  Usage: bash scripts/test.sh
+# Runs the whole test suite on throwaway clusters: pg_regress, isolation,
+# TAP tests and a benchmark smoke run.  Installs missing Debian packages,
+# builds (warnings are errors) and installs the extension first.
+#
+#   bash scripts/test.sh                  PostgreSQL 15, on this machine
+#   bash scripts/test.sh --pg 15,17,18    each version in turn; a line per version and a total
+#   PG_VERSIONS="15 17 18" bash scripts/test.sh     the same
+#
+# A version is tested on this machine when it is installed here or this
+# machine's Debian carries it (15 on Debian 12); any other (17, 18) in a
+# Debian chroot of the release that does, made on first use and kept
+# between runs (scripts/pgchroot.sh; `bash scripts/pgchroot.sh remove`
+# deletes them).  The exit status is non-zero when any version fails.
 source "$(dirname "$0")/common.sh"
 
+VERSIONS=${PG_VERSIONS:-}
+while [ $# -gt 0 ]; do
+    case $1 in
+        --pg) [ $# -ge 2 ] || { log "--pg needs a list of versions, e.g. --pg 15,17,18"; exit 2; }
+              VERSIONS=$2; shift 2 ;;
+        --pg=*) VERSIONS=${1#--pg=}; shift ;;
+        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) log "unknown argument: $1 (see bash scripts/test.sh --help)"; exit 2 ;;
+    esac
+done
+
+# Can PostgreSQL $1 be tested on this machine: installed, or in its apt sources?
+native_version() {
+    [ -x "/usr/lib/postgresql/$1/bin/postgres" ] ||
+        apt-cache policy "postgresql-$1" 2>/dev/null | grep -q 'Candidate: [0-9]'
+}
+
+# test_version V LOG: this script for PostgreSQL V, here or in its chroot;
+# output to stdout and LOG.  A chroot run tests a copy of this tree and
+# brings its diffs back to results/pgV/.
+test_version() {
+    local v=$1 out=$2 rc=0 dir
+    if native_version "$v"; then
+        PG_VERSIONS= PG_MAJOR=$v bash "$ROOT/scripts/test.sh" 2>&1 | tee "$out" || rc=$?
+        return $rc
+    fi
+    bash "$ROOT/scripts/pgchroot.sh" create "$v" 2>&1 | tee "$out" || return 1
+    dir=$(bash "$ROOT/scripts/pgchroot.sh" path "$v")
+    rm -rf "$dir/build/usage_guard"
+    mkdir -p "$dir/build/usage_guard"
+    tar -C "$ROOT" --exclude=.git --exclude=./results -cf - . | tar -C "$dir/build/usage_guard" -xf -
+    bash "$ROOT/scripts/pgchroot.sh" run "$v" env PG_MAJOR="$v" bash /build/usage_guard/scripts/test.sh 2>&1 |
+        tee -a "$out" || rc=$?
+    if [ -d "$dir/build/usage_guard/results" ]; then
+        mkdir -p "$ROOT/results/pg$v"
+        cp -r "$dir/build/usage_guard/results/." "$ROOT/results/pg$v/"
+        log "PostgreSQL $v: differences copied to results/pg$v/"
+    fi
+    return $rc
+}
+
+if [ -n "$VERSIONS" ]; then
+    LOGDIR=$(mktemp -d /tmp/usage_guard-versions.XXXXXX)
+    trap 'rm -rf "$LOGDIR"' EXIT
+    total_ok=0 total_bad=0 status=0 lines=()
+    for v in ${VERSIONS//,/ }; do
+        t0=$SECONDS rc=0
+        if native_version "$v"; then where="on this machine"; else where="in chroot pg$v"; fi
+        log "PostgreSQL $v: the whole suite, $where"
+        test_version "$v" "$LOGDIR/$v.log" || rc=$?
+        result=$(sed -n 's/^usage_guard tests: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$LOGDIR/$v.log" | tail -n 1)
+        ok=${result% *} bad=${result#* }
+        [ -n "$result" ] || { ok=0 bad=1; }
+        [ $rc -ne 0 ] && [ "$bad" -eq 0 ] && bad=1
+        [ "$bad" -gt 0 ] && status=1
+        total_ok=$((total_ok + ok)) total_bad=$((total_bad + bad))
+        server=$(sed -n 's/^==> testing on PostgreSQL \([^ ]*\).*/\1/p' "$LOGDIR/$v.log" | tail -n 1)
+        lines+=("PostgreSQL ${server:-$v} ($where): $ok passed, $bad failed, $(( (SECONDS - t0) / 60 )) min $(( (SECONDS - t0) % 60 )) s")
+    done
+    echo "usage_guard tests by PostgreSQL version:"
+    printf '  %s\n' "${lines[@]}"
+    echo "usage_guard tests: $total_ok passed, $total_bad failed"
+    exit $status
+fi
+
 ensure_prereqs
-build_install
+log "testing on $("$PG_CONFIG" --version)"
+build_install WERROR=1
 make_workdir
 trap 'rm -rf "$WORKDIR"' EXIT
 
@@ -28,8 +104,9 @@ run_suite() {
         bad=$(sed -n 's/.*Failed \([0-9]*\)\/[0-9]* subtests.*/\1/p' "$WORKDIR/$name.log" | awk '{s += $1} END {print s + 0}')
         ok=$(( ${total:-0} - bad ))
     else
-        ok=$(grep -cE '\.\.\. ok' "$WORKDIR/$name.log" || true)
-        bad=$(grep -cE '\.\.\. FAILED' "$WORKDIR/$name.log" || true)
+        # pg_regress 15: "test foo ... ok"; 16 and later: "ok 1 - foo"
+        ok=$(grep -cE '\.\.\. ok|^ok [0-9]' "$WORKDIR/$name.log" || true)
+        bad=$(grep -cE '\.\.\. FAILED|^not ok [0-9]' "$WORKDIR/$name.log" || true)
     fi
     # a suite that failed without a failing test (did not start) counts too
     [ $rc -ne 0 ] && [ "$bad" -eq 0 ] && bad=1
