@@ -44,7 +44,9 @@ test_version() {
     dir=$(bash "$ROOT/scripts/pgchroot.sh" path "$v")
     rm -rf "$dir/build/usage_guard"
     mkdir -p "$dir/build/usage_guard"
-    tar -C "$ROOT" --exclude=.git --exclude=./results -cf - . | tar -C "$dir/build/usage_guard" -xf -
+    # the sources, not this machine's build outputs (made for another version)
+    tar -C "$ROOT" --exclude=.git --exclude=./results --exclude='*.o' --exclude='*.bc' --exclude='*.so' \
+        --exclude=./usage_guard_ctl -cf - . | tar -C "$dir/build/usage_guard" -xf -
     bash "$ROOT/scripts/pgchroot.sh" run "$v" env PG_MAJOR="$v" bash /build/usage_guard/scripts/test.sh 2>&1 |
         tee -a "$out" || rc=$?
     if [ -d "$dir/build/usage_guard/results" ]; then
