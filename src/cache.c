@@ -11,7 +11,6 @@
  */
 #include "postgres.h"
 
-#include "catalog/namespace.h"
 #include "common/hashfn.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
@@ -37,7 +36,6 @@ static HTAB *policies = NULL;
 static uint64 generation = 0;
 static bool stale = false;
 static Oid	ledger_relid = InvalidOid;
-static Oid	ledger_owner = InvalidOid;
 static Oid	catalog_relids[lengthof(catalog_tables)];
 static bool catalog_relids_known = false;
 
@@ -66,19 +64,18 @@ CacheInit(void)
 static void
 ResetCache(void)
 {
-	Oid			nsp;
-
 	if (policies != NULL)
 		hash_destroy(policies);
 	policies = NULL;
 	stale = false;
 	ledger_relid = InvalidOid;
-	ledger_owner = InvalidOid;
 
-	nsp = get_namespace_oid("usage_guard", true);
-	catalog_relids_known = OidIsValid(nsp);
+	catalog_relids_known = false;
 	for (int i = 0; i < lengthof(catalog_tables); i++)
-		catalog_relids[i] = OidIsValid(nsp) ? get_relname_relid(catalog_tables[i], nsp) : InvalidOid;
+	{
+		catalog_relids[i] = UsageGuardRelid(catalog_tables[i]);
+		catalog_relids_known |= OidIsValid(catalog_relids[i]);
+	}
 }
 
 /* Hash and compare only the bytes in use of the two key strings */
@@ -125,21 +122,83 @@ LedgerRelid(void)
 	{
 		if (stale)
 			ResetCache();
-		ledger_relid = LookupLedgerRelid();
-		ledger_owner = InvalidOid;
+		ledger_relid = UsageGuardRelid("usage_events");
 	}
 	return ledger_relid;
+}
+
+/*
+ * The catalog's shape, learnt once per generation rather than looked up on
+ * every call: the ledger's owner and whether it has row security, and what
+ * the installed SQL has (it lags the library between make install and ALTER
+ * EXTENSION UPDATE).  Every change to it (ALTER TABLE ... ROW LEVEL
+ * SECURITY, OWNER TO, the update's ALTER TABLE plans) invalidates a
+ * catalog table or the ledger, which bumps the generation.
+ */
+static struct
+{
+	bool		known;
+	uint64		generation;
+	Oid			ledger_owner;
+	bool		ledger_rls;
+	bool		resets;			/* usage_resets exists (0.5.0) */
+	bool		plan_defaults;	/* plans.is_default and unlimited_by_default (0.5.0) */
+}			shape;
+
+static void
+LearnShape(void)
+{
+	/* a change seen while learning is learnt again at the next call */
+	uint64		seen = generation;
+	Oid			ledger = LedgerRelid();
+	Oid			plans = UsageGuardRelid("plans");
+
+	memset(&shape, 0, sizeof(shape));
+	if (OidIsValid(ledger))
+		LookupLedger(ledger, &shape.ledger_owner, &shape.ledger_rls);
+	shape.resets = OidIsValid(UsageGuardRelid("usage_resets"));
+	shape.plan_defaults = OidIsValid(plans) && get_attnum(plans, "is_default") != InvalidAttrNumber;
+	shape.generation = seen;
+	shape.known = true;
+}
+
+static inline void
+KnowShape(void)
+{
+	if (!shape.known || shape.generation != generation)
+		LearnShape();
 }
 
 /* The role usage_guard reads and writes as (security.c): the ledger's owner */
 Oid
 LedgerOwner(void)
 {
-	Oid			relid = LedgerRelid();
+	KnowShape();
+	return shape.ledger_owner;
+}
 
-	if (!OidIsValid(ledger_owner) && OidIsValid(relid))
-		ledger_owner = LookupLedgerOwner(relid);
-	return ledger_owner;
+/* Is row-level security enabled on the ledger (for anyone)? */
+bool
+LedgerHasRowSecurity(void)
+{
+	KnowShape();
+	return shape.ledger_rls;
+}
+
+/* Does the installed SQL have usage_resets? */
+bool
+CatalogHasResets(void)
+{
+	KnowShape();
+	return shape.resets;
+}
+
+/* Does the installed SQL have the plans' default columns? */
+bool
+CatalogHasPlanDefaults(void)
+{
+	KnowShape();
+	return shape.plan_defaults;
 }
 
 /*
@@ -152,19 +211,6 @@ CacheGeneration(void)
 	return generation;
 }
 
-/* Names are refused, never truncated (one limit: UG_NAME_MAX) */
-static void
-CheckName(const char *name, const char *what)
-{
-	size_t		len = strlen(name);
-
-	if (len == 0 || len > UG_NAME_MAX)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must be 1 to %d bytes", what, UG_NAME_MAX),
-				 errdetail("It has %zu bytes.", len)));
-}
-
 /* The policy of a tenant's feature, copied into *policy */
 void
 GetPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
@@ -173,8 +219,8 @@ GetPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
 	Policy	   *entry;
 	bool		found;
 
-	CheckName(tenant_id, "tenant_id");
-	CheckName(feature_key, "feature_key");
+	/* every caller refused longer names first (RequiredText, CheckRowNames) */
+	Assert(strlen(tenant_id) <= UG_NAME_MAX && strlen(feature_key) <= UG_NAME_MAX);
 	if (stale)
 		ResetCache();
 	if (policies == NULL)

@@ -26,8 +26,6 @@
 #include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
-#include "utils/lsyscache.h"
-#include "catalog/namespace.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
@@ -60,14 +58,6 @@ static CachedQuery window_sum_query_old = {
 	4, {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 };
 
-/* Is there a usage_resets table (0.5.0's catalog)? */
-static bool
-HaveResets(void)
-{
-	Oid			nsp = get_namespace_oid("usage_guard", true);
-
-	return OidIsValid(nsp) && OidIsValid(get_relname_relid("usage_resets", nsp));
-}
 
 static CachedQuery key_query = {
 	"SELECT 1 FROM usage_guard.usage_events"
@@ -110,7 +100,7 @@ LedgerWindowSum(const char *tenant_id, const char *feature_key,
 	values[3] = TimestampTzGetDatum(end);
 	BeginInternal(&ctx, true);
 	RequireWholeLedgerVisible(LedgerRelid());
-	RunQueryLatest(HaveResets() ? &window_sum_query : &window_sum_query_old, values, NULL, 1);
+	RunQueryLatest(CatalogHasResets() ? &window_sum_query : &window_sum_query_old, values, NULL, 1);
 	EndInternal(&ctx);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (isnull || !NumericToAmount(DatumGetNumeric(d), &sum))

@@ -111,20 +111,6 @@ ReadLimitRows(LimitPair *pairs, TimestampTz *expires)
 	return mask;
 }
 
-/*
- * Does the catalog have 0.5.0's plan columns (is_default,
- * unlimited_by_default)?  Between installing this library and ALTER
- * EXTENSION UPDATE it may not.
- */
-static bool
-PlansHaveDefaults(void)
-{
-	Oid			nsp = get_namespace_oid("usage_guard", true);
-	Oid			plans = OidIsValid(nsp) ? get_relname_relid("plans", nsp) : InvalidOid;
-
-	return OidIsValid(plans) && get_attnum(plans, "is_default") != InvalidAttrNumber;
-}
-
 /* Fill a policy from the catalog */
 void
 LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
@@ -144,7 +130,7 @@ LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
 	policy->feature_exists = SPI_processed > 0;
 
 	values[0] = CStringGetTextDatum(tenant_id);
-	RunQuery(PlansHaveDefaults() ? &subscription_query : &subscription_query_old,
+	RunQuery(CatalogHasPlanDefaults() ? &subscription_query : &subscription_query_old,
 			 values, NULL, true, 1);
 	if (SPI_processed > 0)
 	{
@@ -192,25 +178,26 @@ LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
 	EndInternal(&ctx);
 }
 
-/* OID of usage_guard.usage_events, InvalidOid when the extension is absent */
+/* OID of a relation of schema usage_guard, InvalidOid when absent */
 Oid
-LookupLedgerRelid(void)
+UsageGuardRelid(const char *relname)
 {
 	Oid			nsp = get_namespace_oid("usage_guard", true);
 
-	return OidIsValid(nsp) ? get_relname_relid("usage_events", nsp) : InvalidOid;
+	return OidIsValid(nsp) ? get_relname_relid(relname, nsp) : InvalidOid;
 }
 
-/* Owner of the ledger table */
-Oid
-LookupLedgerOwner(Oid ledger)
+/* Owner of the ledger table, and whether it has row-level security enabled */
+void
+LookupLedger(Oid ledger, Oid *owner, bool *rowsecurity)
 {
 	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(ledger));
-	Oid			owner;
 
+	*owner = InvalidOid;
+	*rowsecurity = false;
 	if (!HeapTupleIsValid(tup))
-		return InvalidOid;
-	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+		return;
+	*owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	*rowsecurity = ((Form_pg_class) GETSTRUCT(tup))->relrowsecurity;
 	ReleaseSysCache(tup);
-	return owner;
 }

@@ -282,7 +282,9 @@ RequireTenantScope(const char *tenant_id, const char *feature_key, Numeric amoun
 	bool		isnull;
 	int			mode = write ? SCOPE_WRITE : SCOPE_READ;
 
-	if (!OidIsValid(ledger) || check_enable_rls(ledger, InvalidOid, true) != RLS_ENABLED)
+	/* the common case costs nothing: no row security on the ledger at all */
+	if (!OidIsValid(ledger) || !LedgerHasRowSecurity() ||
+		check_enable_rls(ledger, InvalidOid, true) != RLS_ENABLED)
 		return;
 
 	memset(nulls, ' ', sizeof(nulls));

@@ -155,13 +155,16 @@ extern void CacheInit(void);
 extern void GetPolicy(const char *tenant_id, const char *feature_key, Policy *policy);
 extern Oid	LedgerRelid(void);
 extern Oid	LedgerOwner(void);
+extern bool LedgerHasRowSecurity(void);
+extern bool CatalogHasResets(void);
+extern bool CatalogHasPlanDefaults(void);
 extern uint64 CacheGeneration(void);
 extern int	EffectiveLimits(const Policy *policy, TimestampTz at, FeatureLimit *limits);
 
 /* policy.c */
 extern void LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy);
-extern Oid	LookupLedgerRelid(void);
-extern Oid	LookupLedgerOwner(Oid ledger);
+extern Oid	UsageGuardRelid(const char *relname);
+extern void LookupLedger(Oid ledger, Oid *owner, bool *rowsecurity);
 
 /* ledger.c */
 extern Amount LedgerWindowSum(const char *tenant_id, const char *feature_key,
