@@ -63,6 +63,7 @@ SELECT try($$SELECT usage_guard.usage_enforce('pv-t1', 'pv_msgs', 10)$$);
 -- it cannot lower usage: no ledger row of its own, no reset, no adjustment
 SELECT try($$INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount, kind) VALUES ('pv-t1', 'pv_msgs', -100, 'adjustment')$$);
 SELECT try($$SELECT * FROM usage_guard.reset_usage('pv-t1', 'pv_msgs', reason => 'mine')$$);
+SELECT try($$INSERT INTO usage_guard.usage_resets (tenant_id, feature_key, period, window_start, window_end, amount, reason) VALUES ('pv-t1', 'pv_msgs', 'day', date_trunc('day', now(), 'UTC'), date_trunc('day', now(), 'UTC') + interval '1 day', -100, 'mine')$$);
 SELECT try($$SELECT usage_guard.reset_counters()$$);
 -- nor read the ledger, other tenants' live counters, or reports
 SELECT try($$SELECT count(*) FROM usage_guard.usage_events$$);
@@ -93,6 +94,8 @@ SELECT count(*) >= 0 AS reads_metrics FROM usage_guard.metrics();
 SELECT try($$SELECT usage_guard.usage_consume('pv-t1', 'pv_msgs', 1)$$);
 SELECT try($$SELECT usage_guard.usage_check('pv-t1', 'pv_msgs', 1)$$);
 SELECT try($$INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount, kind) VALUES ('pv-t1', 'pv_msgs', -1, 'adjustment')$$);
+SELECT try($$INSERT INTO usage_guard.usage_resets (tenant_id, feature_key, period, window_start, window_end, amount, reason) VALUES ('pv-t1', 'pv_msgs', 'day', '2025-11-18', '2025-11-19', -1, 'x')$$);
+SELECT count(*) >= 0 AS reads_resets FROM usage_guard.usage_resets;
 SELECT try($$SELECT usage_guard.refresh_rollups()$$);
 RESET ROLE;
 

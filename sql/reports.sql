@@ -139,6 +139,26 @@ ROLLBACK;
 SELECT usage FROM usage_guard.usage_check('rep-r', 'rep_reset', 0, '2025-11-18 14:00+00');
 -- resets are append-only like the ledger
 SELECT try($$DELETE FROM usage_guard.usage_resets$$);
+-- a reset row written directly is checked like a ledger row, and a bad one
+-- changes nothing
+CREATE TEMP TABLE resets_before AS SELECT count(*) AS n FROM usage_guard.usage_resets;
+SELECT try(format($$INSERT INTO usage_guard.usage_resets (tenant_id, feature_key, period, window_start, window_end, amount, reason)
+                   VALUES (%L, 'rep_reset', 'day', '2025-11-18', '2025-11-19', -1, 'r')$$, repeat('t', 256)));
+SELECT try($$INSERT INTO usage_guard.usage_resets (tenant_id, feature_key, period, window_start, window_end, amount, reason)
+             VALUES ('rep-r', 'no_such_feature', 'day', '2025-11-18', '2025-11-19', -1, 'r')$$);
+SELECT try($$INSERT INTO usage_guard.usage_resets (tenant_id, feature_key, period, window_start, window_end, amount, reason)
+             VALUES ('rep-r', 'rep_reset', 'year', '2025-11-18', '2025-11-19', -1, 'r')$$);
+SELECT try($$INSERT INTO usage_guard.usage_resets (tenant_id, feature_key, period, window_start, window_end, amount, reason)
+             VALUES ('rep-r', 'rep_reset', 'day', '2025-11-19', '2025-11-18', -1, 'r')$$);
+SELECT try($$INSERT INTO usage_guard.usage_resets (tenant_id, feature_key, period, window_start, window_end, amount, reason)
+             VALUES ('rep-r', 'rep_reset', 'lifetime', '2025-11-18', '2025-11-19', -1, 'r')$$);
+SELECT try($$INSERT INTO usage_guard.usage_resets (tenant_id, feature_key, period, window_start, window_end, amount, reason)
+             VALUES ('rep-r', 'rep_reset', 'day', '2025-11-18', 'infinity', -1, 'r')$$);
+SELECT try($$INSERT INTO usage_guard.usage_resets (tenant_id, feature_key, period, window_start, window_end, amount, reason)
+             VALUES ('rep-r', 'rep_reset', 'day', '2025-11-18', '2025-11-19', 2e15, 'r')$$);
+SELECT try($$INSERT INTO usage_guard.usage_resets (tenant_id, feature_key, period, window_start, window_end, amount, reason)
+             VALUES ('rep-r', 'rep_reset', 'day', '2025-11-18', '2025-11-19', -1, ' ')$$);
+SELECT (SELECT count(*) FROM usage_guard.usage_resets) - n AS resets_added FROM resets_before;
 -- the older tenant: its shortest window by default
 SELECT * FROM usage_guard.reset_usage('rep-a', 'rep_msgs', 'support ticket 43', at => '2025-11-18 12:00+00');
 SELECT count(*) AS history_kept FROM usage_guard.usage_events WHERE tenant_id = 'rep-a' AND kind = 'record';
