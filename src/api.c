@@ -18,6 +18,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "engine.h"
 #include "metrics.h"
 #include "usage_guard.h"
 
@@ -124,8 +125,6 @@ Attributes(FunctionCallInfo fcinfo, int argno)
 	return PointerGetDatum(j);
 }
 
-static bool not_preloaded_reported = false;
-
 /* The amount argument as an Amount (at most 12 decimal places) */
 static Amount
 ToAmount(Numeric n)
@@ -161,168 +160,6 @@ RequireAccess(const Policy *policy)
 		MetricsCountPolicyError(policy->plan_code, !policy->has_subscription);
 		RaisePolicyError(policy->tenant_id, policy->feature_key, policy);
 	}
-}
-
-/* Say once per backend why decisions take the table path */
-static void
-ReportTablePath(void)
-{
-	/* during recovery the table path is by design, not for lack of preload */
-	if (!CountersAvailable() && !not_preloaded_reported)
-	{
-		not_preloaded_reported = true;
-		ereport(LOG,
-				(errmsg("usage_guard: not loaded by shared_preload_libraries; decisions use the table path"),
-				 errhint("Add usage_guard to shared_preload_libraries and restart for the shared-memory fast path.")));
-	}
-}
-
-/* Current windows of the limits, then the next window of each */
-static int
-WindowsToLoad(const Policy *policy, const FeatureLimit *limits, int n,
-			  TimestampTz *starts, TimestampTz *ends, bool with_next)
-{
-	int			m = 0;
-
-	for (int i = 0; i < n; i++)
-	{
-		starts[m] = limits[i].window_start;
-		ends[m] = limits[i].window_end;
-		m++;
-	}
-	for (int i = 0; with_next && i < n; i++)
-	{
-		if (limits[i].period == PERIOD_LIFETIME)
-			continue;			/* no next window */
-		PeriodWindow(limits[i].period, policy, limits[i].window_end, &starts[m], &ends[m]);
-		m++;
-	}
-	return m;
-}
-
-/* Fill each limit's usage (committed + in flight) from a key's entry; false if a window is missing */
-static bool
-ReadUsage(CounterEntry *entry, FeatureLimit *limits, int n)
-{
-	if (n == 0)
-		return true;			/* not included: no window to read */
-	if (entry == NULL)
-		return false;
-	for (int i = 0; i < n; i++)
-	{
-		CounterWindow *w = CounterFindWindow(entry, limits[i].window_start, limits[i].window_end);
-
-		if (w == NULL)
-			return false;
-		limits[i].usage = w->usage + w->reserved;
-	}
-	return true;
-}
-
-/*
- * Usage of each limit's window from shared memory, loading it if that can
- * be done without waiting.  False: answer from the ledger instead.
- */
-static bool
-FastRead(const CounterKey *key, uint32 hash, const Policy *policy,
-		 FeatureLimit *limits, int n)
-{
-	LWLock	   *lock = CounterPartitionLock(hash);
-	TimestampTz starts[2 * PERIOD_KINDS],
-				ends[2 * PERIOD_KINDS];
-
-	for (int attempt = 0; attempt < 2; attempt++)
-	{
-		CounterEntry *entry;
-		bool		ok;
-
-		LWLockAcquire(lock, LW_SHARED);
-		entry = CounterLookup(key, hash);
-		ok = ReadUsage(entry, limits, n);
-		if (ok && entry != NULL)
-			CounterTouch(entry);
-		LWLockRelease(lock);
-		if (ok)
-			return true;
-		if (attempt == 0 &&
-			!LoadWindows(key, hash, starts, ends,
-						 WindowsToLoad(policy, limits, n, starts, ends, false), false))
-			return false;
-	}
-	return false;
-}
-
-/*
- * Decide and, when allowed, count the request in shared memory, atomically
- * (one partition lock covers all windows of the key).  *write is the
- * counted write.  False: shared memory cannot hold the key's windows.
- */
-static bool
-FastConsume(const CounterKey *key, uint32 hash, const Policy *policy,
-			FeatureLimit *limits, int n, TimestampTz at, Amount amount,
-			bool undoable, Decision **d, LocalWrite **write)
-{
-	LWLock	   *lock = CounterPartitionLock(hash);
-	TimestampTz starts[2 * PERIOD_KINDS],
-				ends[2 * PERIOD_KINDS];
-	int			m = WindowsToLoad(policy, limits, n, starts, ends, true);
-	bool		present;
-
-	/*
-	 * Load missing windows before taking the writer lock: concurrent first
-	 * consumers of a key then queue for the loader lock one after another.
-	 * A consumer that held the writer lock while asking for the loader lock
-	 * would deadlock with another doing the same.
-	 */
-	LWLockAcquire(lock, LW_SHARED);
-	present = ReadUsage(CounterLookup(key, hash), limits, n);
-	LWLockRelease(lock);
-	if (!present && !LoadWindows(key, hash, starts, ends, m, true))
-		return false;
-
-	/* a writer holds this until its transaction ends: loaders wait for it */
-	LockCounterKey(key, hash, RowExclusiveLock);
-
-	for (int attempt = 0; attempt < 3; attempt++)
-	{
-		CounterEntry *entry;
-		bool		next_missing = false;
-
-		LWLockAcquire(lock, LW_EXCLUSIVE);
-		entry = CounterLookup(key, hash);
-		if (ReadUsage(entry, limits, n))
-		{
-			*d = EvaluateLimits(policy->tenant_id, policy->plan_code, policy->feature_key,
-								limits, n, amount);
-			if ((*d)->allowed)
-				*write = CountWrite(entry, key, hash, at, amount, undoable);
-			for (int i = n; i < m; i++)
-				next_missing |= (CounterFindWindow(entry, starts[i], ends[i]) == NULL);
-			if (entry != NULL)
-				CounterTouch(entry);
-			LWLockRelease(lock);
-			/* have the next windows ready before their period starts */
-			if (next_missing)
-				(void) LoadWindows(key, hash, starts + n, ends + n, m - n, false);
-			return true;
-		}
-		LWLockRelease(lock);
-		/* evicted meanwhile: holding the writer lock, never wait for the loader lock */
-		if (!LoadWindows(key, hash, starts, ends, m, false))
-			return false;
-	}
-	return false;
-}
-
-/* Usage of each limit's window from the ledger (committed and own rows) */
-static void
-TableRead(const Policy *policy, FeatureLimit *limits, int n)
-{
-	SPI_connect();
-	for (int i = 0; i < n; i++)
-		limits[i].usage = LedgerWindowSum(policy->tenant_id, policy->feature_key,
-										  limits[i].window_start, limits[i].window_end);
-	SPI_finish();
 }
 
 /*
@@ -396,10 +233,19 @@ DecisionDatum(FunctionCallInfo fcinfo, const Decision *d, Numeric requested)
 	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
 }
 
+/* A request's limits count nothing: an idempotent retry reports the state */
+static void
+RequestNothing(EngineRequest *r)
+{
+	r->amount = 0;
+	for (int i = 0; i < r->nlimits; i++)
+		r->limits[i].requested = 0;
+}
+
 /*
  * Shared body of check, consume and enforce: policy from the cache, the
- * windows at `at`, usage from shared memory (or the ledger), the decision,
- * and for consume the ledger row.
+ * tenant's limits at `at`, one decision by the engine, and for consume the
+ * ledger row.
  */
 static Datum
 Decide(FunctionCallInfo fcinfo, CallMode mode)
@@ -412,13 +258,9 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 	Datum		attributes = (Datum) 0;
 	TimestampTz at;
 	Policy		policy;
-	FeatureLimit limits[PERIOD_KINDS];
-	int			n;
+	EngineRequest *r;
+	int			t;
 	Decision   *d = NULL;
-	LocalWrite *write = NULL;
-	CounterKey	ckey;
-	uint32		hash = 0;
-	bool		fast = CountersUsable();
 	instr_time	started;
 
 	INSTR_TIME_SET_CURRENT(started);
@@ -440,22 +282,14 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 
 	GetPolicy(tenant_id, feature_key, &policy);
 	RequireAccess(&policy);
-	n = EffectiveLimits(&policy, at, limits);
-	for (int i = 0; i < n; i++)
-		PeriodWindow(limits[i].period, &policy, at, &limits[i].window_start, &limits[i].window_end);
-	if (fast)
-	{
-		MakeCounterKey(&ckey, LedgerRelid(), tenant_id, feature_key);
-		hash = CounterKeyHash(&ckey);
-	}
-	else
-		ReportTablePath();
+	r = palloc(sizeof(EngineRequest));
+	EngineInit(r, tenant_id, policy.plan_code, feature_key, &policy, at, amount);
+	t = EngineAddTarget(r, NULL, feature_key, true);
+	EngineAddTenantQuotas(r, t);
 
 	if (mode == CALL_CHECK)
 	{
-		if (!fast || !FastRead(&ckey, hash, &policy, limits, n))
-			TableRead(&policy, limits, n);
-		d = EvaluateLimits(tenant_id, policy.plan_code, feature_key, limits, n, amount);
+		d = EngineCheck(r);
 		Observe(d, started, mode, false);
 		return DecisionDatum(fcinfo, d, amount_num);
 	}
@@ -471,9 +305,8 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 		if (duplicate)
 		{
 			/* a retry of a recorded request: report the state, count nothing */
-			if (!fast || !FastRead(&ckey, hash, &policy, limits, n))
-				TableRead(&policy, limits, n);
-			d = EvaluateLimits(tenant_id, policy.plan_code, feature_key, limits, n, 0);
+			RequestNothing(r);
+			d = EngineCheck(r);
 			d->allowed = true;
 			d->kind = DECISION_ALLOW;
 			d->requested = amount;
@@ -482,32 +315,17 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 		}
 	}
 
-	if (!fast || !FastConsume(&ckey, hash, &policy, limits, n, at, amount, key != NULL,
-											&d, &write))
-	{
-		/* table path: consumers of this key take turns until they commit */
-		if (fast)
-			LockCounterKey(&ckey, hash, ExclusiveLock);
-		else
-		{
-			MakeCounterKey(&ckey, InvalidOid, tenant_id, feature_key);
-			LockCounterKey(&ckey, CounterKeyHash(&ckey), ExclusiveLock);
-		}
-		TableRead(&policy, limits, n);
-		d = EvaluateLimits(tenant_id, policy.plan_code, feature_key, limits, n, amount);
-		if (d->allowed)
-			write = CountLedgerRow(tenant_id, feature_key, at, amount, key != NULL);
-	}
-
+	r->undoable = (key != NULL);
+	d = EngineConsume(r);
 	if (d->allowed)
 	{
 		SPI_connect();
 		d->recorded = InsertUsageEvent(tenant_id, feature_key, amount_num, at, "consume",
-									   key, attributes);
+									   key, attributes, NULL, (Datum) 0);
 		SPI_finish();
 		/* a concurrent request took the key first: this one counts nothing */
-		if (!d->recorded && write != NULL)
-			UndoLocalWrite(write);
+		if (!d->recorded && r->targets[t].write != NULL)
+			UndoLocalWrite(r->targets[t].write);
 	}
 
 	Observe(d, started, mode, true);
@@ -565,10 +383,10 @@ usage_record(PG_FUNCTION_ARGS)
 	GetPolicy(tenant_id, feature_key, &policy);
 	RequireFeature(&policy);
 
-	write = CountLedgerRow(tenant_id, feature_key, occurred_at, amount, key != NULL);
+	write = CountLedgerRow(tenant_id, NULL, feature_key, occurred_at, amount, key != NULL);
 	SPI_connect();
 	inserted = InsertUsageEvent(tenant_id, feature_key, amount_num, occurred_at, "record",
-								key, attributes);
+								key, attributes, NULL, (Datum) 0);
 	SPI_finish();
 	if (!inserted && write != NULL)
 		UndoLocalWrite(write);

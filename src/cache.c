@@ -29,7 +29,7 @@
 
 static const char *const catalog_tables[] = {
 	"features", "plans", "plan_features", "tenant_subscriptions",
-	"tenant_overrides", "usage_events"
+	"tenant_overrides", "usage_events", "subjects", "subject_limits"
 };
 
 static HTAB *policies = NULL;
@@ -285,9 +285,11 @@ EffectiveLimits(const Policy *policy, TimestampTz at, FeatureLimit *limits)
 			src = &policy->plan_limits[k];
 		if (src == NULL)
 			continue;
+		memset(&limits[n], 0, sizeof(FeatureLimit));
+		limits[n].kind = LIMIT_QUOTA;
 		limits[n].period = (PeriodKind) k;
 		limits[n].limits = *src;
-		limits[n].usage = 0;
+		limits[n].level = "tenant";
 		n++;
 	}
 	return n;

@@ -45,6 +45,8 @@ typedef struct CountersShared
 int			usage_guard_max_counters = 20000;
 
 static CountersShared *shared = NULL;
+
+static int	EvictIdle(void);
 static HTAB *counters = NULL;
 static bool full_reported = false;
 
@@ -121,13 +123,16 @@ CounterEntrySize(void)
 
 /* Fill a key; the padding is zeroed because keys are compared as bytes */
 void
-MakeCounterKey(CounterKey *key, Oid ledger, const char *tenant_id, const char *feature_key)
+MakeCounterKey(CounterKey *key, Oid ledger, const char *tenant_id, const char *subject_id,
+			   const char *feature_key)
 {
 	memset(key, 0, sizeof(CounterKey));
 	key->dbid = MyDatabaseId;
 	key->ledger = ledger;
 	strlcpy(key->tenant_id, tenant_id, sizeof(key->tenant_id));
 	strlcpy(key->feature_key, feature_key, sizeof(key->feature_key));
+	if (subject_id != NULL)
+		strlcpy(key->subject_id, subject_id, sizeof(key->subject_id));
 }
 
 uint32
@@ -136,6 +141,8 @@ CounterKeyHash(const CounterKey *key)
 	uint32		h = hash_bytes((const unsigned char *) key->tenant_id, strlen(key->tenant_id));
 
 	h = hash_combine(h, hash_bytes((const unsigned char *) key->feature_key, strlen(key->feature_key)));
+	if (key->subject_id[0] != '\0')
+		h = hash_combine(h, hash_bytes((const unsigned char *) key->subject_id, strlen(key->subject_id)));
 	h = hash_combine(h, hash_uint32(key->dbid));
 	return hash_combine(h, hash_uint32(key->ledger));
 }
@@ -150,6 +157,7 @@ CounterPartitionLock(uint32 hash)
 CounterEntry *
 CounterLookup(const CounterKey *key, uint32 hash)
 {
+	Assert(LWLockHeldByMe(CounterPartitionLock(hash)));
 	return (CounterEntry *) hash_search_with_hash_value(counters, key, hash, HASH_FIND, NULL);
 }
 
@@ -175,13 +183,66 @@ WindowIdle(const CounterWindow *w)
 	return w->reserved == 0 && w->credit == 0;
 }
 
+/*
+ * Nothing in flight, and no rate limit still remembering recent requests
+ * (removing that would let a burst through again).
+ */
 static bool
-EntryIdle(const CounterEntry *e)
+EntryIdle(const CounterEntry *e, TimestampTz now)
 {
 	for (int i = 0; i < e->nwindows; i++)
 		if (!WindowIdle(&e->windows[i]))
 			return false;
+	for (int i = 0; i < e->nrates; i++)
+		if (e->rates[i].tat > (double) now)
+			return false;
 	return true;
+}
+
+/* The state of the rate limit of period `length`, created (empty) if asked and room */
+CounterRate *
+CounterFindRate(CounterEntry *entry, int64 length, bool create)
+{
+	for (int i = 0; i < entry->nrates; i++)
+		if (entry->rates[i].length == length)
+			return &entry->rates[i];
+	if (!create || entry->nrates >= UG_MAX_RATES)
+		return NULL;
+	Assert(LWLockHeldByMeInMode(CounterPartitionLock(CounterKeyHash(&entry->key)), LW_EXCLUSIVE));
+	entry->rates[entry->nrates].length = length;
+	entry->rates[entry->nrates].tat = 0;
+	return &entry->rates[entry->nrates++];
+}
+
+/*
+ * Make sure a key has an entry (for rate state, which needs no load).  The
+ * caller holds no LWLock.  False when there is no room even after eviction.
+ */
+bool
+CounterEnsureEntry(const CounterKey *key, uint32 hash)
+{
+	LWLock	   *lock = CounterPartitionLock(hash);
+
+	for (int attempt = 0; attempt < 2; attempt++)
+	{
+		CounterEntry *e;
+		bool		found;
+
+		LWLockAcquire(lock, LW_EXCLUSIVE);
+		e = hash_search_with_hash_value(counters, key, hash, HASH_ENTER_NULL, &found);
+		if (e != NULL && !found)
+		{
+			e->nwindows = 0;
+			e->nrates = 0;
+			pg_atomic_init_u64(&e->last_used, (uint64) GetCurrentTransactionStartTimestamp());
+		}
+		LWLockRelease(lock);
+		if (e != NULL)
+			return true;
+		if (EvictIdle() == 0)
+			break;
+	}
+	return false;
 }
 
 static void
@@ -214,17 +275,18 @@ EvictIdle(void)
 	long		n = 0;
 	int			removed = 0;
 	uint64		threshold;
+	TimestampTz now = GetCurrentTimestamp();
 
 	LockAllPartitions(LW_EXCLUSIVE);
 	hash_seq_init(&scan, counters);
 	while ((e = hash_seq_search(&scan)) != NULL)
-		if (EntryIdle(e))
+		if (EntryIdle(e, now))
 			min = Min(min, pg_atomic_read_u64(&e->last_used));
 	/* the mean, in integers: a double sum of microsecond stamps rounds below equal values */
 	hash_seq_init(&scan, counters);
 	while ((e = hash_seq_search(&scan)) != NULL)
 	{
-		if (EntryIdle(e))
+		if (EntryIdle(e, now))
 		{
 			excess += pg_atomic_read_u64(&e->last_used) - min;
 			n++;
@@ -234,7 +296,7 @@ EvictIdle(void)
 	hash_seq_init(&scan, counters);
 	while ((e = hash_seq_search(&scan)) != NULL)
 	{
-		if (n > 0 && EntryIdle(e) && pg_atomic_read_u64(&e->last_used) <= threshold)
+		if (n > 0 && EntryIdle(e, now) && pg_atomic_read_u64(&e->last_used) <= threshold)
 		{
 			hash_search(counters, &e->key, HASH_REMOVE, NULL);
 			removed++;
@@ -305,6 +367,7 @@ CounterAddWindow(const CounterKey *key, uint32 hash, TimestampTz start, Timestam
 			if (!found)
 			{
 				e->nwindows = 0;
+				e->nrates = 0;
 				pg_atomic_init_u64(&e->last_used, 0);
 			}
 			if (CounterFindWindow(e, start, end) == NULL)

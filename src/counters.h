@@ -24,14 +24,20 @@
 #define UG_NAME_MAX		255
 #define UG_MAX_WINDOWS	8		/* live windows per tenant and feature */
 #define UG_NUM_PARTITIONS 128	/* partition LWLocks of the hash */
+#define UG_MAX_RATES	4		/* rate limits per key (per second, minute, hour, ...) */
 
-/* What the counters are kept for: one tenant's feature in one database */
+/*
+ * What the counters are kept for: one tenant's feature in one database, at
+ * one level of the tenant's subjects (subject_id "" is the tenant itself).
+ * feature_key "" holds the state of request-rate limits (no feature).
+ */
 typedef struct CounterKey
 {
 	Oid			dbid;
 	Oid			ledger;			/* usage_events' OID: a new extension starts afresh */
 	char		tenant_id[UG_NAME_MAX + 1];
 	char		feature_key[UG_NAME_MAX + 1];
+	char		subject_id[UG_NAME_MAX + 1];
 } CounterKey;
 
 /* One window [start, end) of a key */
@@ -44,12 +50,25 @@ typedef struct CounterWindow
 	Amount		credit;			/* negative amounts in flight: not yet counted */
 } CounterWindow;
 
+/*
+ * The state of one GCRA rate limit of a key: the theoretical arrival time
+ * (microseconds since the PostgreSQL epoch, fractional).  Not derived from
+ * the ledger: a restart starts it afresh (docs/architecture.md).
+ */
+typedef struct CounterRate
+{
+	int64		length;			/* the limit's period in microseconds: its identity */
+	double		tat;
+} CounterRate;
+
 typedef struct CounterEntry
 {
 	CounterKey	key;			/* hash key: must be first */
 	int			nwindows;
+	int			nrates;
 	pg_atomic_uint64 last_used; /* for eviction; written under a shared lock */
 	CounterWindow windows[UG_MAX_WINDOWS];
+	CounterRate rates[UG_MAX_RATES];
 } CounterEntry;
 
 /* A row this backend wrote in the current transaction and not yet settled */
@@ -84,7 +103,9 @@ extern void CounterSetUsage(const CounterKey *key, uint32 hash, TimestampTz star
 extern void CounterRemoveWindow(const CounterKey *key, uint32 hash, TimestampTz start,
 								TimestampTz end);
 extern void MakeCounterKey(CounterKey *key, Oid ledger, const char *tenant_id,
-						   const char *feature_key);
+						   const char *subject_id, const char *feature_key);
+extern bool CounterEnsureEntry(const CounterKey *key, uint32 hash);
+extern CounterRate *CounterFindRate(CounterEntry *entry, int64 length, bool create);
 extern uint32 CounterKeyHash(const CounterKey *key);
 extern LWLock *CounterPartitionLock(uint32 hash);
 extern CounterEntry *CounterLookup(const CounterKey *key, uint32 hash);

@@ -7,6 +7,8 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
@@ -30,10 +32,104 @@ DecisionKindName(DecisionKind kind)
 	return decision_names[kind];
 }
 
+static const char *const limit_kind_names[] = {
+	[LIMIT_QUOTA] = "quota",
+	[LIMIT_RATE] = "rate",
+	[LIMIT_CONCURRENCY] = "concurrency",
+};
+
+const char *
+LimitKindName(LimitKind kind)
+{
+	return limit_kind_names[kind];
+}
+
+static double
+AmountToDouble(Amount a)
+{
+	return (double) a / (double) AMOUNT_ONE;
+}
+
+static Amount
+DoubleToAmount(double d)
+{
+	return (Amount) (d * (double) AMOUNT_ONE);
+}
+
+/* A rate limit's emission interval: microseconds per unit */
+static double
+EmissionInterval(const FeatureLimit *l)
+{
+	return (double) l->length / AmountToDouble(l->limits.hard);
+}
+
 /*
- * Is a candidate (room left under a limit, its window) a better pick than
- * the best so far?  Less room wins; on a tie the window that resets later,
- * since the caller has to wait for that one.
+ * Fill a rate limit's state from its theoretical arrival time (GCRA): the
+ * units "in the bucket" now are (max(tat, at) - at) / T, it is empty again
+ * at max(tat, at).
+ */
+void
+RateState(FeatureLimit *l, double tat, TimestampTz at)
+{
+	double		t = Max(tat, (double) at);
+
+	l->tat = tat;
+	l->usage = DoubleToAmount((t - (double) at) / EmissionInterval(l));
+	l->reset_at = (TimestampTz) ceil(t);
+}
+
+/* Units a limit admits at once: a rate limit's burst, else its hard limit */
+static Amount
+Capacity(const FeatureLimit *l)
+{
+	return l->kind == LIMIT_RATE ? l->burst : l->limits.hard;
+}
+
+/* Would the request pass the limit `cap`?  Rate limits compare times, exactly */
+static bool
+Exceeds(const FeatureLimit *l, Amount cap)
+{
+	if (l->kind == LIMIT_RATE)
+	{
+		double		T = EmissionInterval(l);
+		double		now = (double) l->window_start;
+		double		new_tat = Max(l->tat, now) + AmountToDouble(l->requested) * T;
+
+		/* a nanosecond of tolerance for the rounding of T */
+		return new_tat - now > AmountToDouble(cap) * T + 1e-3;
+	}
+	return l->usage + l->requested > cap;
+}
+
+/*
+ * When the same request would pass this limit, which refuses it now:
+ * DT_NOEND when waiting cannot help (the request is larger than the limit,
+ * or the window never ends).
+ */
+static TimestampTz
+RetryAt(const FeatureLimit *l, Amount cap)
+{
+	if (l->requested > cap)
+		return DT_NOEND;
+	switch (l->kind)
+	{
+		case LIMIT_QUOTA:
+			/* the next window starts empty */
+			return l->period == PERIOD_LIFETIME ? DT_NOEND : l->window_end;
+		case LIMIT_RATE:
+			/* new_tat - t <= burst * T  <=>  t >= tat + (q - burst) * T */
+			return (TimestampTz) ceil(l->tat + (AmountToDouble(l->requested) -
+												AmountToDouble(cap)) * EmissionInterval(l));
+		case LIMIT_CONCURRENCY:
+			return l->free_at;
+	}
+	return DT_NOEND;
+}
+
+/*
+ * Is a candidate (room left under a limit) a better pick than the best so
+ * far?  Less room wins; on a tie the limit that resets later, since the
+ * caller has to wait for that one.
  */
 static bool
 Tighter(Amount room, const FeatureLimit *w, Amount best_room, const FeatureLimit *best)
@@ -42,19 +138,35 @@ Tighter(Amount room, const FeatureLimit *w, Amount best_room, const FeatureLimit
 		return true;
 	if (room != best_room)
 		return room < best_room;
-	return w->window_end > best->window_end;
+	return w->reset_at > best->reset_at;
+}
+
+/* Among refusing limits: the one to wait longest for, then the one with less room */
+static bool
+LaterRetry(TimestampTz retry, Amount room, TimestampTz best_retry, Amount best_room,
+		   const FeatureLimit *best)
+{
+	if (best == NULL)
+		return true;
+	if (retry != best_retry)
+		return retry > best_retry;
+	return room < best_room;
 }
 
 /*
- * Evaluate every window of a feature for a request of `requested` units.
- * The reported window is the blocking one (hard before soft, the tightest
- * first), else the one closest to any of its limits.  No limits at all
- * means the feature is not included: an implicit hard limit of 0.
+ * Evaluate every limit of a request (every level, kind and window) at once.
+ * The reported limit is the one refusing (hard before soft) that takes
+ * longest to let the request pass, else the one closest to any of its
+ * limits.  retry_after is the latest time across every limit that refuses
+ * (a request waits for all of them), unknown when one never would pass.
+ * No limits at all for a feature means it is not included: an implicit
+ * hard limit of 0.  Rate limits carry their GCRA state (RateState) with
+ * window_start = at.
  */
 Decision *
 EvaluateLimits(const char *tenant_id, const char *plan_code,
 			   const char *feature_key, FeatureLimit *limits, int nlimits,
-			   Amount requested)
+			   Amount requested, TimestampTz at)
 {
 	Decision   *d = palloc0(sizeof(Decision));
 	const FeatureLimit *hard = NULL,
@@ -63,35 +175,51 @@ EvaluateLimits(const char *tenant_id, const char *plan_code,
 	Amount		hard_room = 0,
 				soft_room = 0,
 				close_room = 0;
+	TimestampTz hard_retry = 0,
+				soft_retry = 0,
+				retry = 0;
 	bool		close_is_hard = false;
+	bool		soft_blocks = (usage_guard_soft_limit_mode == SOFT_LIMIT_BLOCK);
 
 	d->tenant_id = tenant_id;
 	d->plan_code = plan_code;
 	d->feature_key = feature_key;
 	d->requested = requested;
+	d->at = at;
+	d->limits = limits;
+	d->nlimits = nlimits;
 
 	if (nlimits == 0)
 	{
-		d->allowed = false;
-		d->kind = DECISION_HARD_LIMIT;
-		d->has_limit = true;
+		d->allowed = (feature_key == NULL);
+		d->kind = d->allowed ? DECISION_ALLOW : DECISION_HARD_LIMIT;
+		d->has_limit = !d->allowed;
 		d->limit_is_hard = true;
 		return d;
 	}
 
 	for (int i = 0; i < nlimits; i++)
 	{
-		const FeatureLimit *w = &limits[i];
-		Amount		after = w->usage + requested;
+		FeatureLimit *w = &limits[i];
 
+		if (w->kind == LIMIT_QUOTA)
+			w->reset_at = w->window_end;
 		if (w->limits.has_hard)
 		{
-			Amount		room = w->limits.hard - w->usage;
+			Amount		cap = Capacity(w);
+			Amount		room = cap - w->usage;
 
-			if (after > w->limits.hard && Tighter(room, w, hard_room, hard))
+			if (Exceeds(w, cap))
 			{
-				hard = w;
-				hard_room = room;
+				TimestampTz r = RetryAt(w, cap);
+
+				retry = Max(retry, r);
+				if (LaterRetry(r, room, hard_retry, hard_room, hard))
+				{
+					hard = w;
+					hard_room = room;
+					hard_retry = r;
+				}
 			}
 			if (Tighter(room, w, close_room, close))
 			{
@@ -100,14 +228,22 @@ EvaluateLimits(const char *tenant_id, const char *plan_code,
 				close_is_hard = true;
 			}
 		}
-		if (w->limits.has_soft)
+		if (w->limits.has_soft && w->kind == LIMIT_QUOTA)
 		{
 			Amount		room = w->limits.soft - w->usage;
 
-			if (after > w->limits.soft && Tighter(room, w, soft_room, soft))
+			if (Exceeds(w, w->limits.soft))
 			{
-				soft = w;
-				soft_room = room;
+				TimestampTz r = RetryAt(w, w->limits.soft);
+
+				if (soft_blocks)
+					retry = Max(retry, r);
+				if (LaterRetry(r, room, soft_retry, soft_room, soft))
+				{
+					soft = w;
+					soft_room = room;
+					soft_retry = r;
+				}
 			}
 			/* strictly tighter: on a tie the hard limit is the one to report */
 			if (close == NULL || room < close_room)
@@ -128,7 +264,7 @@ EvaluateLimits(const char *tenant_id, const char *plan_code,
 	}
 	else if (soft != NULL)
 	{
-		d->allowed = (usage_guard_soft_limit_mode == SOFT_LIMIT_WARN);
+		d->allowed = !soft_blocks;
 		d->kind = DECISION_SOFT_LIMIT;
 		d->window = soft;
 		d->limit_is_hard = false;
@@ -137,7 +273,7 @@ EvaluateLimits(const char *tenant_id, const char *plan_code,
 	{
 		d->allowed = true;
 		d->kind = DECISION_ALLOW;
-		/* every window unlimited: report the first */
+		/* every limit unlimited: report the first */
 		d->window = close != NULL ? close : &limits[0];
 		d->limit_is_hard = close_is_hard;
 	}
@@ -145,7 +281,12 @@ EvaluateLimits(const char *tenant_id, const char *plan_code,
 	if (d->has_limit)
 		d->limit_value = d->limit_is_hard ? d->window->limits.hard : d->window->limits.soft;
 	d->usage = d->window->usage;
-	d->remaining = Max(d->limit_value - d->usage, 0);
+	d->remaining = Max((d->limit_is_hard ? Capacity(d->window) : d->limit_value) - d->usage, 0);
+	if (!d->allowed && retry != DT_NOEND)
+	{
+		d->has_retry = true;
+		d->retry_after = Max((double) (retry - at) / USECS_PER_SEC, 0);
+	}
 	return d;
 }
 
@@ -207,11 +348,84 @@ AppendTs(StringInfo buf, const char *key, const FeatureLimit *w, bool end)
 		AppendIsoTimestamp(buf, end ? w->window_end : w->window_start);
 }
 
+/* A rate limit's period or a quota's, as a word: second, minute, day, 90s */
+char *
+LimitLabel(const FeatureLimit *l)
+{
+	switch (l->kind)
+	{
+		case LIMIT_QUOTA:
+			return pstrdup(PeriodKindName(l->period));
+		case LIMIT_RATE:
+			if (l->length == USECS_PER_SEC)
+				return pstrdup("second");
+			if (l->length == USECS_PER_MINUTE)
+				return pstrdup("minute");
+			if (l->length == USECS_PER_HOUR)
+				return pstrdup("hour");
+			return psprintf(INT64_FORMAT "s", l->length / USECS_PER_SEC);
+		case LIMIT_CONCURRENCY:
+			return pstrdup("concurrent");
+	}
+	return pstrdup("");
+}
+
+/* Length of a limit's window in seconds (RateLimit-Policy's w); 0: none */
+double
+LimitSeconds(const FeatureLimit *l)
+{
+	if (l->kind == LIMIT_RATE)
+		return (double) l->length / USECS_PER_SEC;
+	if (l->kind == LIMIT_QUOTA && l->period != PERIOD_LIFETIME)
+		return (double) (l->window_end - l->window_start) / USECS_PER_SEC;
+	return 0;
+}
+
+/* Human-readable 501 of 500 "messages" per day, for messages */
+static char *
+Describe(const Decision *d)
+{
+	const FeatureLimit *l = d->window;
+	char	   *after = AmountToCString(d->usage + d->requested);
+	char	   *limit = AmountToCString(d->limit_value);
+
+	if (l->kind == LIMIT_CONCURRENCY)
+		return psprintf("%s of %s concurrent requests", after, limit);
+	if (l->kind == LIMIT_RATE)
+		return psprintf("more than %s \"%s\" per %s (burst %s)", limit, l->unit,
+						LimitLabel(l), AmountToCString(l->burst));
+	return psprintf("%s of %s \"%s\" per %s", after, limit, l->unit ? l->unit : d->feature_key,
+					LimitLabel(l));
+}
+
+/* Who is limited: tenant "acme", or api_key "k1" of tenant "acme" */
+static char *
+Who(const Decision *d)
+{
+	if (d->window == NULL || d->window->subject_id == NULL)
+		return psprintf("tenant \"%s\"", d->tenant_id);
+	return psprintf("%s \"%s\" of tenant \"%s\"", d->window->level, d->window->subject_id,
+					d->tenant_id);
+}
+
+/* The sentence of a refusal, also the JSON's "message" */
+static char *
+Message(const Decision *d)
+{
+	if (d->window == NULL)
+		return psprintf("plan \"%s\" does not include feature \"%s\"",
+						d->plan_code, d->feature_key);
+	return psprintf("%s %s %s (%s limit)", Who(d),
+					d->window->kind == LIMIT_RATE ? "sends" : (d->allowed ? "uses" : "would use"),
+					Describe(d), d->limit_is_hard ? "hard" : "soft");
+}
+
 /* The decision as the JSON object of an error's DETAIL */
 char *
 DecisionJson(const Decision *d, const char *code)
 {
 	StringInfoData buf;
+	const FeatureLimit *l = d->window;
 
 	initStringInfo(&buf);
 	appendStringInfoChar(&buf, '{');
@@ -220,27 +434,115 @@ DecisionJson(const Decision *d, const char *code)
 	AppendStr(&buf, "tenant_id", d->tenant_id);
 	AppendStr(&buf, "plan_code", d->plan_code);
 	AppendStr(&buf, "feature_key", d->feature_key);
-	AppendStr(&buf, "period", d->window ? PeriodKindName(d->window->period) : NULL);
+	AppendStr(&buf, "period", l ? LimitLabel(l) : NULL);
 	AppendStr(&buf, "limit_type", d->has_limit ? (d->limit_is_hard ? "hard_limit" : "soft_limit") : NULL);
 	AppendNum(&buf, "limit_value", d->has_limit, d->limit_value);
 	AppendNum(&buf, "usage", true, d->usage);
 	AppendNum(&buf, "requested", true, d->requested);
 	AppendNum(&buf, "remaining", d->has_limit, d->remaining);
-	AppendTs(&buf, "window_start", d->window, false);
-	AppendTs(&buf, "window_end", d->window, true);
+	AppendTs(&buf, "window_start", l && l->kind == LIMIT_QUOTA ? l : NULL, false);
+	AppendTs(&buf, "window_end", l && l->kind == LIMIT_QUOTA ? l : NULL, true);
+	AppendStr(&buf, "level", l ? l->level : (d->window == NULL ? "tenant" : NULL));
+	AppendStr(&buf, "subject_id", l ? l->subject_id : NULL);
+	AppendStr(&buf, "limit_kind", l ? LimitKindName(l->kind) : "quota");
+	AppendNum(&buf, "hard_limit", l && l->limits.has_hard, l ? l->limits.hard : 0);
+	AppendNum(&buf, "soft_limit", l && l->limits.has_soft, l ? l->limits.soft : 0);
+	AppendNum(&buf, "usage_after", true, d->usage + (d->recorded || d->allowed ? d->requested : 0));
+	AppendKey(&buf, "reset_at");
+	if (l)
+		AppendIsoTimestamp(&buf, l->reset_at);
+	else
+		appendStringInfoString(&buf, "null");
+	AppendKey(&buf, "retry_after");
+	if (d->has_retry)
+		appendStringInfo(&buf, "%d", (int) ceil(d->retry_after));
+	else
+		appendStringInfoString(&buf, "null");
+	AppendStr(&buf, "message", Message(d));
 	appendStringInfoChar(&buf, '}');
 	return buf.data;
 }
 
-/* Human-readable 501 of 500 "messages" per day, for messages */
+/* A limit's name in the RateLimit headers: tenant-messages-day, api_key-requests-second */
 static char *
-Describe(const Decision *d)
+PolicyName(const FeatureLimit *l)
 {
-	char	   *after = AmountToCString(d->usage + d->requested);
-	char	   *limit = AmountToCString(d->limit_value);
+	return psprintf("%s-%s-%s", l->level, l->unit ? l->unit : "", LimitLabel(l));
+}
 
-	return psprintf("%s of %s \"%s\" per %s", after, limit, d->feature_key,
-					PeriodKindName(d->window->period));
+/* Integer part of a non-negative amount, for headers (sf-integer) */
+static char *
+Whole(Amount a)
+{
+	a = Max(a, 0);
+	return AmountToCString(a / AMOUNT_ONE * AMOUNT_ONE);
+}
+
+/*
+ * The HTTP headers of a decision, as a JSON object an application copies
+ * into its response: RateLimit-Policy and RateLimit
+ * (draft-ietf-httpapi-ratelimit-headers-10), Retry-After when refused and
+ * waiting helps, and X-RateLimit-Limit/Remaining/Reset (Reset in Unix
+ * seconds, as seed 002's gateway sends it).  RateLimit and X-RateLimit-*
+ * describe the hard limit closest to refusing, or the refusing one.
+ */
+char *
+DecisionHeaders(const Decision *d)
+{
+	StringInfoData buf;
+	StringInfoData policy;
+	const FeatureLimit *closest = NULL;
+	Amount		closest_room = 0;
+
+	initStringInfo(&policy);
+	for (int i = 0; i < d->nlimits; i++)
+	{
+		const FeatureLimit *l = &d->limits[i];
+		Amount		room;
+		double		w = LimitSeconds(l);
+
+		if (!l->limits.has_hard || l->kind == LIMIT_CONCURRENCY)
+			continue;
+		appendStringInfo(&policy, "%s\"%s\";q=%s", policy.len > 0 ? ", " : "",
+						 PolicyName(l), Whole(l->limits.hard));
+		if (w > 0)
+			appendStringInfo(&policy, ";w=%.0f", ceil(w));
+		room = Capacity(l) - l->usage;
+		if (closest == NULL || room < closest_room ||
+			(room == closest_room && l->reset_at > closest->reset_at))
+		{
+			closest = l;
+			closest_room = room;
+		}
+	}
+	if (!d->allowed && d->window != NULL && d->window->limits.has_hard &&
+		d->window->kind != LIMIT_CONCURRENCY)
+	{
+		closest = d->window;
+		closest_room = Capacity(closest) - closest->usage;
+	}
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	if (policy.len > 0)
+		AppendStr(&buf, "RateLimit-Policy", policy.data);
+	if (closest != NULL)
+	{
+		double		t = Max((double) (closest->reset_at - d->at) / USECS_PER_SEC, 0);
+		char	   *remaining = Whole(closest_room - (d->allowed ? d->requested : 0));
+
+		AppendStr(&buf, "RateLimit", psprintf("\"%s\";r=%s;t=%.0f", PolicyName(closest),
+											  remaining, ceil(t)));
+		AppendStr(&buf, "X-RateLimit-Limit", Whole(closest->limits.hard));
+		AppendStr(&buf, "X-RateLimit-Remaining", remaining);
+		AppendStr(&buf, "X-RateLimit-Reset",
+				  psprintf(INT64_FORMAT, (int64) ceil((double) closest->reset_at / USECS_PER_SEC) +
+						   (int64) ((POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY)));
+	}
+	if (!d->allowed && d->has_retry)
+		AppendStr(&buf, "Retry-After", psprintf("%d", (int) ceil(d->retry_after)));
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
 }
 
 /* When the deciding window resets, for hints */
@@ -250,7 +552,7 @@ ResetHint(const Decision *d)
 	StringInfoData buf;
 
 	initStringInfo(&buf);
-	AppendIsoTimestamp(&buf, d->window->window_end);
+	AppendIsoTimestamp(&buf, d->window->reset_at);
 	/* drop the JSON quotes */
 	buf.data[buf.len - 1] = '\0';
 	return buf.data + 1;
@@ -270,8 +572,8 @@ RaiseLimitExceeded(const Decision *d)
 	else if (d->kind == DECISION_HARD_LIMIT)
 		ereport(ERROR,
 				(errcode(ERRCODE_USAGE_LIMIT_EXCEEDED),
-				 errmsg("usage limit exceeded: tenant \"%s\" would use %s (hard limit)",
-						d->tenant_id, Describe(d)),
+				 errmsg("usage limit exceeded: %s would use %s (hard limit)",
+						Who(d), Describe(d)),
 				 errdetail_internal("%s", DecisionJson(d, "usage_limit_exceeded")),
 				 errhint("The window resets at %s. Raise the limit, upgrade the plan, or add a tenant override.",
 						 ResetHint(d))));

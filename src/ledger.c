@@ -24,6 +24,7 @@
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/rel.h"
@@ -59,6 +60,19 @@ static CachedQuery window_sum_query_old = {
 };
 
 
+/*
+ * A subject's window: the ledger rows charged to it or to a subject under
+ * it (subject_path holds the chain, most specific first, since 0.6.0).
+ * Resets are per tenant window and do not apply.
+ */
+static CachedQuery subject_sum_query = {
+	"SELECT coalesce(pg_catalog.sum(amount), 0) FROM usage_guard.usage_events"
+	" WHERE tenant_id = $1 AND feature_key = $2"
+	"   AND occurred_at >= $3 AND occurred_at < $4"
+	"   AND subject_path OPERATOR(pg_catalog.@>) ARRAY[$5]",
+	5, {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID}
+};
+
 static CachedQuery key_query = {
 	"SELECT 1 FROM usage_guard.usage_events"
 	" WHERE tenant_id = $1 AND feature_key = $2 AND idempotency_key = $3",
@@ -79,16 +93,27 @@ static CachedQuery insert_query = {
 	7, {TEXTOID, TEXTOID, NUMERICOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, JSONBOID}
 };
 
+/* A row charged to a subject (request_consume, since 0.6.0) */
+static CachedQuery insert_subject_query = {
+	"INSERT INTO usage_guard.usage_events"
+	" (tenant_id, feature_key, amount, occurred_at, kind, idempotency_key, attributes,"
+	"  subject_id, subject_path)"
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+	" ON CONFLICT DO NOTHING",
+	9, {TEXTOID, TEXTOID, NUMERICOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID,
+	TEXTARRAYOID}
+};
+
 /*
  * Usage of a tenant's feature in [start, end) in the ledger: everything
  * committed (latest snapshot, whatever the isolation level) plus this
  * transaction's own rows.
  */
 Amount
-LedgerWindowSum(const char *tenant_id, const char *feature_key,
+LedgerWindowSum(const char *tenant_id, const char *subject_id, const char *feature_key,
 				TimestampTz start, TimestampTz end)
 {
-	Datum		values[4];
+	Datum		values[5];
 	bool		isnull;
 	Datum		d;
 	Amount		sum;
@@ -100,7 +125,13 @@ LedgerWindowSum(const char *tenant_id, const char *feature_key,
 	values[3] = TimestampTzGetDatum(end);
 	BeginInternal(&ctx, true);
 	RequireWholeLedgerVisible(LedgerRelid());
-	RunQueryLatest(CatalogHasResets() ? &window_sum_query : &window_sum_query_old, values, NULL, 1);
+	if (subject_id != NULL && subject_id[0] != '\0')
+	{
+		values[4] = CStringGetTextDatum(subject_id);
+		RunQueryLatest(&subject_sum_query, values, NULL, 1);
+	}
+	else
+		RunQueryLatest(CatalogHasResets() ? &window_sum_query : &window_sum_query_old, values, NULL, 1);
 	EndInternal(&ctx);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (isnull || !NumericToAmount(DatumGetNumeric(d), &sum))
@@ -147,7 +178,12 @@ static const struct
 	{"kind", TEXTOID},
 	{"idempotency_key", TEXTOID},
 	{"attributes", JSONBOID},
+	{"subject_id", TEXTOID},	/* since 0.6.0 */
+	{"subject_path", TEXTARRAYOID},
 };
+
+/* Columns before 0.6.0 (a new library before ALTER EXTENSION UPDATE) */
+#define LEDGER_COLUMNS_0_5 9
 
 #define COL_TENANT		0
 #define COL_FEATURE		1
@@ -158,6 +194,8 @@ static const struct
 #define COL_KIND		6
 #define COL_KEY			7
 #define COL_ATTRIBUTES	8
+#define COL_SUBJECT		9
+#define COL_PATH		10
 
 /* The identity sequence of event_id, for the ledger and cache generation seen */
 static Oid	seq_ledger = InvalidOid;
@@ -181,7 +219,8 @@ DirectInsertAllowed(Relation rel)
 	TriggerDesc *trig = rel->trigdesc;
 
 	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relrowsecurity ||
-		rel->rd_rules != NULL || desc->natts != lengthof(ledger_columns) ||
+		rel->rd_rules != NULL ||
+		(desc->natts != lengthof(ledger_columns) && desc->natts != LEDGER_COLUMNS_0_5) ||
 		(desc->constr != NULL && desc->constr->num_check > 0))
 		return false;
 	for (int i = 0; i < desc->natts; i++)
@@ -214,7 +253,8 @@ DirectInsertAllowed(Relation rel)
  */
 static bool
 DirectInsert(const char *tenant_id, const char *feature_key, Numeric amount,
-			 TimestampTz occurred_at, const char *kind, Datum attributes)
+			 TimestampTz occurred_at, const char *kind, Datum attributes,
+			 const char *subject_id, Datum subject_path)
 {
 	Relation	rel;
 	EState	   *estate;
@@ -226,7 +266,8 @@ DirectInsert(const char *tenant_id, const char *feature_key, Numeric amount,
 
 	BeginInternal(&ctx, false);
 	rel = table_open(LedgerRelid(), RowExclusiveLock);
-	if (!DirectInsertAllowed(rel))
+	if (!DirectInsertAllowed(rel) ||
+		(subject_id != NULL && RelationGetDescr(rel)->natts != lengthof(ledger_columns)))
 	{
 		table_close(rel, RowExclusiveLock);
 		EndInternal(&ctx);
@@ -248,7 +289,7 @@ DirectInsert(const char *tenant_id, const char *feature_key, Numeric amount,
 	ExecClearTuple(slot);
 	values = slot->tts_values;
 	nulls = slot->tts_isnull;
-	memset(nulls, 0, sizeof(bool) * lengthof(ledger_columns));
+	memset(nulls, 0, sizeof(bool) * RelationGetDescr(rel)->natts);
 	values[COL_TENANT] = CStringGetTextDatum(tenant_id);
 	values[COL_FEATURE] = CStringGetTextDatum(feature_key);
 	values[COL_OCCURRED] = TimestampTzGetDatum(occurred_at);
@@ -258,6 +299,15 @@ DirectInsert(const char *tenant_id, const char *feature_key, Numeric amount,
 	values[COL_KIND] = CStringGetTextDatum(kind);
 	nulls[COL_KEY] = true;
 	values[COL_ATTRIBUTES] = attributes;
+	if (RelationGetDescr(rel)->natts > COL_SUBJECT)
+	{
+		nulls[COL_SUBJECT] = nulls[COL_PATH] = (subject_id == NULL);
+		if (subject_id != NULL)
+		{
+			values[COL_SUBJECT] = CStringGetTextDatum(subject_id);
+			values[COL_PATH] = subject_path;
+		}
+	}
 	ExecStoreVirtualTuple(slot);
 
 	table_tuple_insert(rel, slot, GetCurrentCommandId(true), 0, NULL);
@@ -281,15 +331,17 @@ DirectInsert(const char *tenant_id, const char *feature_key, Numeric amount,
 bool
 InsertUsageEvent(const char *tenant_id, const char *feature_key,
 				 Numeric amount, TimestampTz occurred_at, const char *kind,
-				 const char *idempotency_key, Datum attributes)
+				 const char *idempotency_key, Datum attributes,
+				 const char *subject_id, Datum subject_path)
 {
-	Datum		values[7];
-	char		nulls[7];		/* SPI: ' ' not null, 'n' null */
+	Datum		values[9];
+	char		nulls[9];		/* SPI: ' ' not null, 'n' null */
 	InternalContext ctx;
 
 	memset(nulls, ' ', sizeof(nulls));
 	if (idempotency_key == NULL &&
-		DirectInsert(tenant_id, feature_key, amount, occurred_at, kind, attributes))
+		DirectInsert(tenant_id, feature_key, amount, occurred_at, kind, attributes,
+					 subject_id, subject_path))
 		return true;
 
 	values[0] = CStringGetTextDatum(tenant_id);
@@ -302,12 +354,18 @@ InsertUsageEvent(const char *tenant_id, const char *feature_key,
 	else
 		nulls[5] = 'n';
 	values[6] = attributes;
+	if (subject_id != NULL)
+	{
+		values[7] = CStringGetTextDatum(subject_id);
+		values[8] = subject_path;
+	}
 
 	BeginInternal(&ctx, true);
 	own_insert_depth++;
 	PG_TRY();
 	{
-		RunQuery(&insert_query, values, nulls, false, 0);
+		RunQuery(subject_id != NULL ? &insert_subject_query : &insert_query, values, nulls,
+				 false, 0);
 	}
 	PG_FINALLY();
 	{
@@ -325,8 +383,8 @@ InsertUsageEvent(const char *tenant_id, const char *feature_key,
  * idempotent duplicate (UndoLocalWrite).
  */
 LocalWrite *
-CountLedgerRow(const char *tenant_id, const char *feature_key, TimestampTz at, Amount amount,
-			   bool undoable)
+CountLedgerRow(const char *tenant_id, const char *subject_id, const char *feature_key,
+			   TimestampTz at, Amount amount, bool undoable)
 {
 	CounterKey	key;
 	uint32		hash;
@@ -336,7 +394,7 @@ CountLedgerRow(const char *tenant_id, const char *feature_key, TimestampTz at, A
 
 	if (!CountersUsable())
 		return NULL;
-	MakeCounterKey(&key, LedgerRelid(), tenant_id, feature_key);
+	MakeCounterKey(&key, LedgerRelid(), tenant_id, subject_id, feature_key);
 	hash = CounterKeyHash(&key);
 	LockCounterKey(&key, hash, RowExclusiveLock);
 	lock = CounterPartitionLock(hash);
@@ -409,6 +467,41 @@ RequireRowFeature(const char *tenant_id, const char *feature_key)
 				 errhint("Features are rows of usage_guard.features.")));
 }
 
+/*
+ * A row written directly that names subjects (subject_path) counts at each
+ * of their levels too, as a request_consume row does.
+ */
+static void
+CountPathRows(Relation rel, HeapTuple tuple, const char *tenant_id, const char *feature_key,
+			  TimestampTz at, Amount amount)
+{
+	int			attnum = SPI_fnumber(RelationGetDescr(rel), "subject_path");
+	bool		isnull;
+	Datum		path;
+	Datum	   *elems;
+	bool	   *elnulls;
+	int			n;
+
+	if (attnum <= 0)
+		return;
+	path = heap_getattr(tuple, attnum, RelationGetDescr(rel), &isnull);
+	if (isnull)
+		return;
+	deconstruct_array(DatumGetArrayTypeP(path), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &elnulls, &n);
+	for (int i = 0; i < n; i++)
+	{
+		char	   *subject;
+
+		if (elnulls[i])
+			LedgerRowError("subject_path must not contain NULL");
+		subject = TextDatumGetCString(elems[i]);
+		if (subject[0] == '\0' || strlen(subject) > UG_NAME_MAX)
+			LedgerRowError(psprintf("subject ids must be 1 to %d bytes", UG_NAME_MAX));
+		CountLedgerRow(tenant_id, subject, feature_key, at, amount, false);
+	}
+}
+
 PG_FUNCTION_INFO_V1(usage_guard_ledger_insert);
 /* AFTER INSERT row trigger on usage_events: validate and count other writers' rows */
 Datum
@@ -467,7 +560,8 @@ usage_guard_ledger_insert(PG_FUNCTION_ARGS)
 
 	RequireRowFeature(tenant_id, feature_key);
 
-	CountLedgerRow(tenant_id, feature_key, at, amount, false);
+	CountLedgerRow(tenant_id, NULL, feature_key, at, amount, false);
+	CountPathRows(rel, tuple, tenant_id, feature_key, at, amount);
 	return PointerGetDatum(NULL);
 }
 
@@ -486,7 +580,7 @@ CountResetRow(const char *tenant_id, const char *feature_key, TimestampTz start,
 
 	if (!CountersUsable())
 		return;
-	MakeCounterKey(&key, LedgerRelid(), tenant_id, feature_key);
+	MakeCounterKey(&key, LedgerRelid(), tenant_id, NULL, feature_key);
 	hash = CounterKeyHash(&key);
 	LockCounterKey(&key, hash, RowExclusiveLock);
 	lock = CounterPartitionLock(hash);

@@ -93,7 +93,7 @@ LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *starts,
 			ok = false;
 			break;
 		}
-		sum = LedgerWindowSum(key->tenant_id, key->feature_key, starts[i], ends[i]);
+		sum = LedgerWindowSum(key->tenant_id, key->subject_id, key->feature_key, starts[i], ends[i]);
 		ok = CounterAddWindow(key, hash, starts[i], ends[i], sum - pos - neg, pos, neg,
 							  GetCurrentTransactionStartTimestamp());
 		if (ok)
@@ -136,7 +136,7 @@ RecomputeKey(const CounterEntry *snap)
 			CounterRemoveWindow(key, hash, w->start, w->end);
 			continue;
 		}
-		sum = LedgerWindowSum(key->tenant_id, key->feature_key, w->start, w->end);
+		sum = LedgerWindowSum(key->tenant_id, key->subject_id, key->feature_key, w->start, w->end);
 		CounterSetUsage(key, hash, w->start, w->end, sum - pos - neg);
 	}
 	SPI_finish();

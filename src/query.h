@@ -7,7 +7,7 @@
 
 #include "executor/spi.h"
 
-#define QUERY_MAX_ARGS 8
+#define QUERY_MAX_ARGS 10
 
 typedef struct CachedQuery
 {

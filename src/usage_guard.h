@@ -92,17 +92,42 @@ typedef struct Policy
 	TimestampTz override_expires[PERIOD_KINDS]; /* DT_NOEND = never */
 } Policy;
 
-/* One effective limit of a feature, with its window and usage for a request */
+/* What a limit bounds */
+typedef enum LimitKind
+{
+	LIMIT_QUOTA,				/* units per calendar window */
+	LIMIT_RATE,					/* units (or requests) per second/minute/hour: GCRA */
+	LIMIT_CONCURRENCY			/* leases held at once */
+} LimitKind;
+
+/*
+ * One limit in force for a request, with its state: a quota's window and
+ * usage, a rate limit's GCRA state, or a subject's live leases.  Every
+ * limit of every level of a request is one of these; the decision engine
+ * (engine.c) fills the state, decision.c judges them all at once.
+ */
 typedef struct FeatureLimit
 {
-	PeriodKind	period;
-	LimitPair	limits;
+	LimitKind	kind;
+	PeriodKind	period;			/* quota: its calendar period */
+	int64		length;			/* rate: its period, in microseconds */
+	LimitPair	limits;			/* quota: soft/hard; rate: hard = units per length;
+								 * concurrency: hard = max leases */
+	Amount		burst;			/* rate: units that may pass at once */
+	const char *level;			/* "api_key", "user", "team" or "tenant" */
+	const char *subject_id;		/* NULL: the tenant */
+	const char *unit;			/* what is counted: a feature key, or "requests" */
+	int			target;			/* engine target (counter key) it belongs to; -1 none */
 	TimestampTz window_start;
 	TimestampTz window_end;
 	Amount		usage;			/* committed + in flight, before this request */
+	Amount		requested;		/* what this request adds to it */
+	double		tat;			/* rate: theoretical arrival time (usec), before */
+	TimestampTz free_at;		/* concurrency: first expiry of a live lease */
+	TimestampTz reset_at;		/* when usage is back to zero */
 } FeatureLimit;
 
-/* The outcome of evaluating all limits of a feature for one request */
+/* The outcome of evaluating all limits of a request */
 typedef struct Decision
 {
 	bool		allowed;
@@ -110,7 +135,7 @@ typedef struct Decision
 	const char *tenant_id;
 	const char *plan_code;
 	const char *feature_key;
-	const FeatureLimit *window; /* the deciding window, NULL if none */
+	const FeatureLimit *window; /* the deciding limit, NULL if none */
 	bool		has_limit;
 	bool		limit_is_hard;
 	Amount		limit_value;
@@ -118,6 +143,12 @@ typedef struct Decision
 	Amount		requested;
 	Amount		remaining;		/* meaningful when has_limit */
 	bool		recorded;
+	bool		has_retry;		/* retry_after known (refused, and waiting helps) */
+	double		retry_after;	/* seconds */
+	TimestampTz at;
+	const FeatureLimit *limits; /* every limit in force, for the headers */
+	int			nlimits;
+	const char *lease_id;		/* a lease acquired by this call */
 } Decision;
 
 /* Saved caller identity while usage_guard reads or writes as the ledger owner */
@@ -167,25 +198,31 @@ extern Oid	UsageGuardRelid(const char *relname);
 extern void LookupLedger(Oid ledger, Oid *owner, bool *rowsecurity);
 
 /* ledger.c */
-extern Amount LedgerWindowSum(const char *tenant_id, const char *feature_key,
-							  TimestampTz start, TimestampTz end);
-extern LocalWrite *CountLedgerRow(const char *tenant_id, const char *feature_key,
-								  TimestampTz at, Amount amount, bool undoable);
+extern Amount LedgerWindowSum(const char *tenant_id, const char *subject_id,
+							  const char *feature_key, TimestampTz start, TimestampTz end);
+extern LocalWrite *CountLedgerRow(const char *tenant_id, const char *subject_id,
+								  const char *feature_key, TimestampTz at, Amount amount,
+								  bool undoable);
 extern bool IdempotencyKeyExists(const char *tenant_id, const char *feature_key, const char *key);
 extern bool InsertUsageEvent(const char *tenant_id, const char *feature_key,
 							 Numeric amount, TimestampTz occurred_at,
 							 const char *kind, const char *idempotency_key,
-							 Datum attributes);
+							 Datum attributes, const char *subject_id, Datum subject_path);
 
 /* decision.c */
 extern Decision *EvaluateLimits(const char *tenant_id, const char *plan_code,
 								const char *feature_key, FeatureLimit *limits,
-								int nlimits, Amount requested);
+								int nlimits, Amount requested, TimestampTz at);
+extern void RateState(FeatureLimit *l, double tat, TimestampTz at);
+extern char *DecisionHeaders(const Decision *d);
+extern const char *LimitKindName(LimitKind kind);
 extern const char *DecisionKindName(DecisionKind kind);
 extern void RaiseLimitExceeded(const Decision *d);
 extern void WarnSoftLimit(const Decision *d);
 extern void RaisePolicyError(const char *tenant_id, const char *feature_key,
 							 const Policy *policy);
 extern char *DecisionJson(const Decision *d, const char *code);
+extern char *LimitLabel(const FeatureLimit *l);
+extern double LimitSeconds(const FeatureLimit *l);
 
 #endif							/* USAGE_GUARD_H */
