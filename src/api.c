@@ -9,16 +9,24 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/int.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
+#include "utils/uuid.h"
 
 #include "engine.h"
+#include "subjects.h"
 #include "metrics.h"
 #include "usage_guard.h"
 
@@ -180,13 +188,17 @@ Observe(const Decision *d, instr_time started, CallMode mode, bool log_hit)
 		MetricsCountDecision(d, log_hit);
 }
 
+/* Columns of usage_guard.usage_decision (14 before 0.6.0) */
+#define DECISION_COLUMNS 24
+
 /* The decision as a usage_guard.usage_decision row */
 static Datum
 DecisionDatum(FunctionCallInfo fcinfo, const Decision *d, Numeric requested)
 {
 	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
-	Datum		values[14];
-	bool		nulls[14] = {0};
+	Datum		values[DECISION_COLUMNS];
+	bool		nulls[DECISION_COLUMNS];
+	const FeatureLimit *l = d->window;
 
 	if (tupdesc == NULL)
 	{
@@ -196,39 +208,88 @@ DecisionDatum(FunctionCallInfo fcinfo, const Decision *d, Numeric requested)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("function returning record called in context that cannot accept type record")));
+		if (tupdesc->natts > DECISION_COLUMNS)
+			elog(ERROR, "usage_guard: usage_decision has %d columns, this library knows %d",
+				 tupdesc->natts, DECISION_COLUMNS);
 		old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
 		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
 		MemoryContextSwitchTo(old);
 		fcinfo->flinfo->fn_extra = tupdesc;
 	}
 
+	memset(nulls, true, sizeof(nulls));
 	values[0] = BoolGetDatum(d->allowed);
 	values[1] = CStringGetTextDatum(DecisionKindName(d->kind));
 	values[2] = CStringGetTextDatum(d->tenant_id);
 	values[3] = CStringGetTextDatum(d->plan_code);
-	values[4] = CStringGetTextDatum(d->feature_key);
-	if (d->window)
-		values[5] = CStringGetTextDatum(PeriodKindName(d->window->period));
-	else
-		nulls[5] = true;
+	nulls[0] = nulls[1] = nulls[2] = nulls[3] = false;
+	if (d->feature_key)
+	{
+		values[4] = CStringGetTextDatum(d->feature_key);
+		nulls[4] = false;
+	}
+	if (l)
+	{
+		values[5] = CStringGetTextDatum(LimitLabel(l));
+		nulls[5] = false;
+	}
 	if (d->has_limit)
 	{
 		values[6] = CStringGetTextDatum(d->limit_is_hard ? "hard_limit" : "soft_limit");
 		values[7] = NumericGetDatum(AmountToNumeric(d->limit_value));
 		values[10] = NumericGetDatum(AmountToNumeric(d->remaining));
+		nulls[6] = nulls[7] = nulls[10] = false;
 	}
-	else
-		nulls[6] = nulls[7] = nulls[10] = true;
 	values[8] = NumericGetDatum(AmountToNumeric(d->usage));
 	values[9] = NumericGetDatum(requested);
-	if (d->window)
+	nulls[8] = nulls[9] = false;
+	if (l && l->kind == LIMIT_QUOTA)
 	{
-		values[11] = TimestampTzGetDatum(d->window->window_start);
-		values[12] = TimestampTzGetDatum(d->window->window_end);
+		values[11] = TimestampTzGetDatum(l->window_start);
+		values[12] = TimestampTzGetDatum(l->window_end);
+		nulls[11] = nulls[12] = false;
 	}
-	else
-		nulls[11] = nulls[12] = true;
 	values[13] = BoolGetDatum(d->recorded);
+	nulls[13] = false;
+	/* 0.6.0 */
+	values[14] = CStringGetTextDatum(l ? l->level : "tenant");
+	nulls[14] = false;
+	if (l && l->subject_id)
+	{
+		values[15] = CStringGetTextDatum(l->subject_id);
+		nulls[15] = false;
+	}
+	values[16] = CStringGetTextDatum(LimitKindName(l ? l->kind : LIMIT_QUOTA));
+	nulls[16] = false;
+	if (l && l->limits.has_hard)
+	{
+		values[17] = NumericGetDatum(AmountToNumeric(l->limits.hard));
+		nulls[17] = false;
+	}
+	if (l && l->limits.has_soft)
+	{
+		values[18] = NumericGetDatum(AmountToNumeric(l->limits.soft));
+		nulls[18] = false;
+	}
+	values[19] = NumericGetDatum(AmountToNumeric(d->usage + (d->allowed ? d->requested : 0)));
+	nulls[19] = false;
+	if (l && !TIMESTAMP_NOT_FINITE(l->reset_at))
+	{
+		values[20] = TimestampTzGetDatum(l->reset_at);
+		nulls[20] = false;
+	}
+	if (d->has_retry)
+	{
+		values[21] = DirectFunctionCall1(float8_numeric, Float8GetDatum(ceil(d->retry_after * 1000) / 1000));
+		nulls[21] = false;
+	}
+	if (d->lease_id)
+	{
+		values[22] = DirectFunctionCall1(uuid_in, CStringGetDatum(d->lease_id));
+		nulls[22] = false;
+	}
+	values[23] = DirectFunctionCall1(jsonb_in, CStringGetDatum(DecisionHeaders(d)));
+	nulls[23] = false;
 
 	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
 }
@@ -392,4 +453,317 @@ usage_record(PG_FUNCTION_ARGS)
 		UndoLocalWrite(write);
 
 	PG_RETURN_BOOL(inserted);
+}
+
+/* An optional interval argument in [1 second, 1 day]: a lease's TTL */
+static bool
+LeaseTtl(FunctionCallInfo fcinfo, int argno, bool required, int64 *usecs)
+{
+	Interval   *iv;
+	int64		total;
+
+	if (PG_ARGISNULL(argno))
+	{
+		if (required)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("ttl must not be NULL")));
+		return false;
+	}
+	iv = PG_GETARG_INTERVAL_P(argno);
+	total = iv->time;
+	if (iv->month != 0 || iv->day < 0 || iv->day > 1 ||
+		pg_add_s64_overflow(total, (int64) iv->day * USECS_PER_DAY, &total) ||
+		total < USECS_PER_SEC || total > USECS_PER_DAY)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a lease's ttl must be between 1 second and 1 day"),
+				 errhint("A lease frees itself after its ttl; release it earlier with lease_release().")));
+	*usecs = total;
+	return true;
+}
+
+/*
+ * The limits of a subject's chain as an engine request: the tenant's plan
+ * quotas and every subject_limits row in force, each on the counter key of
+ * its level (quotas and feature rates on the feature's key, request rates
+ * on the level's request key ""); concurrency limits carry no key.  Targets
+ * are added from the tenant down, the order their key locks are taken in.
+ */
+static void
+BuildRequest(EngineRequest *r, const SubjectPolicy *sp, bool quotas)
+{
+	int			feature_target[UG_MAX_LEVELS];
+	int			request_target[UG_MAX_LEVELS];
+
+	for (int i = sp->nlevels - 1; i >= 0; i--)
+	{
+		const char *subject = sp->levels[i].subject_id[0] ? sp->levels[i].subject_id : NULL;
+
+		feature_target[i] = request_target[i] = -1;
+		if (quotas)
+			feature_target[i] = EngineAddTarget(r, subject, r->feature_key, true);
+	}
+	if (quotas)
+		EngineAddTenantQuotas(r, feature_target[sp->nlevels - 1]);
+	for (int k = 0; k < sp->nlimits; k++)
+	{
+		const SubjectLimit *sl = &sp->limits[k];
+		const SubjectLevel *lv = &sp->levels[sl->level];
+		const char *subject = lv->subject_id[0] ? lv->subject_id : NULL;
+		int			target = -1;
+		FeatureLimit *l;
+
+		if (!quotas && sl->kind != LIMIT_CONCURRENCY)
+			continue;
+		if (sl->kind == LIMIT_RATE && sl->counts_requests)
+		{
+			if (request_target[sl->level] < 0)
+				request_target[sl->level] = EngineAddTarget(r, subject, "", false);
+			target = request_target[sl->level];
+		}
+		else if (sl->kind != LIMIT_CONCURRENCY)
+			target = feature_target[sl->level];
+		l = EngineAddLimit(r, target, sl->kind, lv->level, subject);
+		l->period = sl->period;
+		l->length = sl->length;
+		l->limits = sl->limits;
+		l->burst = sl->burst;
+		if (sl->kind == LIMIT_RATE)
+		{
+			l->unit = sl->counts_requests ? "requests" : r->feature_key;
+			l->requested = sl->counts_requests ? AMOUNT_ONE : r->amount;
+		}
+		if (sl->kind == LIMIT_CONCURRENCY)
+			l->unit = "requests";
+	}
+}
+
+/* Fill every concurrency limit from the leases table (lease locks, top down) */
+static bool
+CountRequestLeases(EngineRequest *r, const SubjectPolicy *sp)
+{
+	bool		any = false;
+
+	for (int i = r->nlimits - 1; i >= 0; i--)
+	{
+		FeatureLimit *l = &r->limits[i];
+
+		if (l->kind != LIMIT_CONCURRENCY)
+			continue;
+		CountLeases(r->tenant_id, l->subject_id ? l->subject_id : "", r->at, l);
+		any = true;
+	}
+	return any;
+}
+
+typedef enum RequestCall
+{
+	REQUEST_CHECK,
+	REQUEST_CONSUME,
+	REQUEST_ENFORCE,
+	REQUEST_LEASE
+} RequestCall;
+
+/*
+ * Body of request_check/consume/enforce and lease_acquire: the subject's
+ * chain, every limit of every level, one decision; when allowed, the
+ * ledger row (with the chain) and, when asked, the lease.
+ */
+static Datum
+DecideRequest(FunctionCallInfo fcinfo, RequestCall call)
+{
+	char	   *tenant_id = RequiredText(fcinfo, 0, "tenant_id");
+	char	   *subject_id = RequiredText(fcinfo, 1, "subject_id");
+	char	   *feature_key = NULL;
+	Numeric		amount_num = int64_to_numeric(0);
+	Amount		amount = 0;
+	char	   *key = NULL;
+	Datum		attributes = (Datum) 0;
+	int64		ttl = 0;
+	bool		lease = false;
+	TimestampTz at;
+	Policy		policy;
+	SubjectPolicy *sp = palloc(sizeof(SubjectPolicy));
+	EngineRequest *r = palloc(sizeof(EngineRequest));
+	Decision   *d;
+	instr_time	started;
+	bool		write = (call != REQUEST_CHECK);
+
+	INSTR_TIME_SET_CURRENT(started);
+	if (call == REQUEST_LEASE)
+	{
+		lease = LeaseTtl(fcinfo, 2, true, &ttl);
+		at = RequiredTime(fcinfo, 3, "at");
+	}
+	else
+	{
+		feature_key = RequiredText(fcinfo, 2, "feature_key");
+		amount_num = RequiredAmount(fcinfo, 3);
+		amount = ToAmount(amount_num);
+		if (call == REQUEST_CHECK)
+			at = RequiredTime(fcinfo, 4, "at");
+		else
+		{
+			key = OptionalText(fcinfo, 4, "idempotency_key");
+			attributes = Attributes(fcinfo, 5);
+			lease = LeaseTtl(fcinfo, 6, false, &ttl);
+			at = RequiredTime(fcinfo, 7, "at");
+		}
+	}
+	if (write)
+	{
+		const char *fname = call == REQUEST_LEASE ? "lease_acquire()" :
+			call == REQUEST_CONSUME ? "request_consume()" : "request_enforce()";
+
+		RequireWritable(fname);
+		RequireNowUnlessAdmin(at, fname);
+	}
+	RequireTenantScope(tenant_id, feature_key ? feature_key : "", amount_num, at, "consume",
+					   key, attributes ? attributes : DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")),
+					   write);
+
+	GetPolicy(tenant_id, feature_key ? feature_key : "", &policy);
+	if (feature_key)
+		RequireAccess(&policy);
+	else if (!policy.has_subscription ||
+			 (strcmp(policy.status, "active") != 0 && strcmp(policy.status, "trialing") != 0))
+		RaisePolicyError(tenant_id, NULL, &policy);
+	GetSubjectPolicy(tenant_id, subject_id, feature_key, policy.plan_code, sp);
+	if (!sp->exists)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("unknown subject \"%s\" of tenant \"%s\"", subject_id, tenant_id),
+				 errhint("Subjects are rows of usage_guard.subjects.")));
+
+	EngineInit(r, tenant_id, policy.plan_code, feature_key, &policy, at, amount);
+	BuildRequest(r, sp, feature_key != NULL);
+	if (!lease)
+	{
+		/* without a lease, concurrency limits are not this call's business */
+		int			n = 0;
+
+		for (int i = 0; i < r->nlimits; i++)
+			if (r->limits[i].kind != LIMIT_CONCURRENCY)
+				r->limits[n++] = r->limits[i];
+		r->nlimits = n;
+	}
+	else
+		CountRequestLeases(r, sp);
+
+	if (call == REQUEST_CHECK)
+	{
+		d = EngineCheck(r);
+		Observe(d, started, CALL_CHECK, false);
+		return DecisionDatum(fcinfo, d, amount_num);
+	}
+
+	if (key != NULL)
+	{
+		bool		duplicate;
+
+		LockIdempotencyKey(tenant_id, feature_key, key);
+		SPI_connect();
+		duplicate = IdempotencyKeyExists(tenant_id, feature_key, key);
+		SPI_finish();
+		if (duplicate)
+		{
+			RequestNothing(r);
+			d = EngineCheck(r);
+			d->allowed = true;
+			d->kind = DECISION_ALLOW;
+			d->requested = amount;
+			Observe(d, started, CALL_CONSUME, false);
+			return DecisionDatum(fcinfo, d, amount_num);
+		}
+	}
+
+	r->undoable = (key != NULL);
+	d = EngineConsume(r);
+	if (d->allowed && feature_key != NULL)
+	{
+		const char *path[UG_MAX_LEVELS];
+		Datum		path_datum;
+		Datum	   *elems = palloc(sizeof(Datum) * UG_MAX_LEVELS);
+		int			n = 0;
+		int			dims[1];
+		int			lbs[1] = {1};
+
+		for (int i = 0; i < sp->nlevels; i++)
+			if (sp->levels[i].subject_id[0] != '\0')
+				path[n++] = sp->levels[i].subject_id;
+		for (int i = 0; i < n; i++)
+			elems[i] = CStringGetTextDatum(path[i]);
+		dims[0] = n;
+		path_datum = PointerGetDatum(construct_md_array(elems, NULL, 1, dims, lbs, TEXTOID, -1,
+														false, TYPALIGN_INT));
+		SPI_connect();
+		d->recorded = InsertUsageEvent(tenant_id, feature_key, amount_num, at, "consume",
+									   key, attributes, subject_id, path_datum);
+		SPI_finish();
+		if (!d->recorded)
+			for (int t = 0; t < r->ntargets; t++)
+				if (r->targets[t].write != NULL)
+					UndoLocalWrite(r->targets[t].write);
+	}
+	if (d->allowed && lease && (feature_key == NULL || d->recorded))
+		d->lease_id = InsertLease(tenant_id, sp, at, at + ttl);
+
+	Observe(d, started, CALL_CONSUME, true);
+	if (call == REQUEST_ENFORCE && !d->allowed)
+		RaiseLimitExceeded(d);
+	if (d->recorded && d->kind == DECISION_SOFT_LIMIT)
+		WarnSoftLimit(d);
+	return DecisionDatum(fcinfo, d, amount_num);
+}
+
+PG_FUNCTION_INFO_V1(request_check);
+/* request_check(tenant_id, subject_id, feature_key, amount, at) */
+Datum
+request_check(PG_FUNCTION_ARGS)
+{
+	return DecideRequest(fcinfo, REQUEST_CHECK);
+}
+
+PG_FUNCTION_INFO_V1(request_consume);
+/* request_consume(tenant_id, subject_id, feature_key, amount, key, attributes, lease_ttl, at) */
+Datum
+request_consume(PG_FUNCTION_ARGS)
+{
+	return DecideRequest(fcinfo, REQUEST_CONSUME);
+}
+
+PG_FUNCTION_INFO_V1(request_enforce);
+/* request_enforce(...): like request_consume, raises when refused */
+Datum
+request_enforce(PG_FUNCTION_ARGS)
+{
+	return DecideRequest(fcinfo, REQUEST_ENFORCE);
+}
+
+PG_FUNCTION_INFO_V1(lease_acquire);
+/* lease_acquire(tenant_id, subject_id, ttl, at): a slot at every level, or a refusal */
+Datum
+lease_acquire(PG_FUNCTION_ARGS)
+{
+	return DecideRequest(fcinfo, REQUEST_LEASE);
+}
+
+PG_FUNCTION_INFO_V1(lease_release);
+/* lease_release(tenant_id, lease_id): true if it was live; idempotent */
+Datum
+lease_release(PG_FUNCTION_ARGS)
+{
+	char	   *tenant_id = RequiredText(fcinfo, 0, "tenant_id");
+	Datum		lease_id;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("lease_id must not be NULL")));
+	lease_id = PG_GETARG_DATUM(1);
+	RequireWritable("lease_release()");
+	RequireTenantScope(tenant_id, "", int64_to_numeric(0), GetCurrentTransactionStartTimestamp(),
+					   "consume", NULL, DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")), true);
+	PG_RETURN_BOOL(ReleaseLease(tenant_id, lease_id, GetCurrentTransactionStartTimestamp()));
 }

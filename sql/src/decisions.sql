@@ -26,10 +26,20 @@ CREATE TYPE usage_guard.usage_decision AS (
     remaining    numeric,
     window_start timestamptz,
     window_end   timestamptz,
-    recorded     boolean
+    recorded     boolean,
+    level        text,
+    subject_id   text,
+    limit_kind   text,
+    hard_limit   numeric,
+    soft_limit   numeric,
+    usage_after  numeric,
+    reset_at     timestamptz,
+    retry_after  numeric,
+    lease_id     uuid,
+    headers      jsonb
 );
 COMMENT ON TYPE usage_guard.usage_decision IS
-    'Result of usage_check/usage_consume/usage_enforce: decision allow|soft_limit|hard_limit for the deciding window; usage is before this request, remaining = limit_value - usage (never negative), recorded = this call wrote a ledger row';
+    'Result of the decision calls: decision allow|soft_limit|hard_limit for the deciding limit (level, subject_id, limit_kind quota|rate|concurrency, period); usage is before this request, usage_after after it, remaining = limit_value - usage (never negative), recorded = this call wrote a ledger row; retry_after = seconds until the same request would pass every limit (NULL when allowed or when waiting cannot help); headers = RateLimit-Policy, RateLimit, Retry-After and X-RateLimit-* values for an HTTP response';
 
 CREATE FUNCTION usage_guard.usage_check(
     tenant_id   text,

@@ -34,6 +34,8 @@ CREATE TABLE usage_guard.usage_events (
     kind            text NOT NULL DEFAULT 'record',
     idempotency_key text,
     attributes      jsonb NOT NULL DEFAULT '{}',
+    subject_id      text,
+    subject_path    text[],
     CONSTRAINT usage_events_pkey PRIMARY KEY (tenant_id, feature_key, occurred_at, event_id) INCLUDE (amount)
 );
 -- Idempotency keys are unique per tenant and feature: one request (one key)
@@ -42,6 +44,10 @@ CREATE UNIQUE INDEX usage_events_idempotency_key
     ON usage_guard.usage_events (tenant_id, feature_key, idempotency_key) WHERE idempotency_key IS NOT NULL;
 COMMENT ON TABLE usage_guard.usage_events IS
     'The usage ledger: one row per unit of recorded usage; append-only. Totals, counters and caches are derived from it.';
+COMMENT ON COLUMN usage_guard.usage_events.subject_id IS
+    'The subject a request_consume row was charged to (NULL: the tenant only)';
+COMMENT ON COLUMN usage_guard.usage_events.subject_path IS
+    'The subjects charged, most specific first (e.g. {key, user, team}), as resolved when the row was written';
 
 --------------------------------------------------------------------------
 -- Triggers

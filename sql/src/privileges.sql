@@ -53,7 +53,12 @@ GRANT EXECUTE ON FUNCTION
     usage_guard.usage_check(text, text, numeric, timestamptz),
     usage_guard.usage_consume(text, text, numeric, text, jsonb, timestamptz),
     usage_guard.usage_enforce(text, text, numeric, text, jsonb, timestamptz),
-    usage_guard.usage_record(text, text, numeric, timestamptz, text, jsonb)
+    usage_guard.usage_record(text, text, numeric, timestamptz, text, jsonb),
+    usage_guard.request_check(text, text, text, numeric, timestamptz),
+    usage_guard.request_consume(text, text, text, numeric, text, jsonb, interval, timestamptz),
+    usage_guard.request_enforce(text, text, text, numeric, text, jsonb, interval, timestamptz),
+    usage_guard.lease_acquire(text, text, interval, timestamptz),
+    usage_guard.lease_release(text, uuid)
     TO usage_guard_application;
 
 -- Reader: read the catalog and the ledger, and the functions that report
@@ -62,7 +67,8 @@ GRANT SELECT ON
     usage_guard.features, usage_guard.plans, usage_guard.plan_features,
     usage_guard.tenant_subscriptions, usage_guard.tenant_overrides,
     usage_guard.usage_events, usage_guard.usage_resets, usage_guard.subscription_usage,
-    usage_guard.usage_daily, usage_guard.usage_monthly
+    usage_guard.usage_daily, usage_guard.usage_monthly,
+    usage_guard.subjects, usage_guard.subject_limits, usage_guard.leases
     TO usage_guard_reader;
 GRANT EXECUTE ON FUNCTION
     usage_guard.get_usage_totals(text, timestamptz, timestamptz, text[]),
@@ -88,8 +94,10 @@ GRANT EXECUTE ON FUNCTION
 -- ledger stays append-only), the live counters, and every operation
 GRANT SELECT, INSERT, UPDATE, DELETE ON
     usage_guard.features, usage_guard.plans, usage_guard.plan_features,
-    usage_guard.tenant_subscriptions, usage_guard.tenant_overrides
+    usage_guard.tenant_subscriptions, usage_guard.tenant_overrides,
+    usage_guard.subjects, usage_guard.subject_limits
     TO usage_guard_admin;
+GRANT SELECT, DELETE ON usage_guard.leases TO usage_guard_admin;
 GRANT INSERT ON usage_guard.usage_events, usage_guard.usage_resets TO usage_guard_admin;
 GRANT SELECT ON usage_guard.usage_counters TO usage_guard_admin;
 GRANT EXECUTE ON FUNCTION

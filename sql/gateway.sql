@@ -1,0 +1,143 @@
+-- Gateway limits: subjects (api_key -> user -> team -> tenant), limits at
+-- every level in one decision, GCRA rate limits, concurrency leases,
+-- retry_after and HTTP header values.
+SET timezone = 'UTC';
+SET datestyle = 'ISO, YMD';
+
+INSERT INTO usage_guard.features (feature_key, unit) VALUES ('gw_tokens', 'token');
+INSERT INTO usage_guard.plans (plan_code) VALUES ('gw_pro');
+INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, hard_limit)
+VALUES ('gw_pro', 'gw_tokens', 'month', 1000000);
+INSERT INTO usage_guard.tenant_subscriptions (tenant_id, plan_code) VALUES ('gw', 'gw_pro');
+
+-- the hierarchy: key -> alice -> team-a -> tenant; key2 directly under the team
+INSERT INTO usage_guard.subjects (tenant_id, subject_id, level, parent_id, role) VALUES
+    ('gw', 'team-a', 'team', NULL, NULL),
+    ('gw', 'alice', 'user', 'team-a', 'developer'),
+    ('gw', 'key-1', 'api_key', 'alice', NULL),
+    ('gw', 'key-2', 'api_key', 'team-a', NULL);
+
+-- bad hierarchies: a clear error each, nothing changed
+INSERT INTO usage_guard.subjects (tenant_id, subject_id, level, parent_id) VALUES ('gw', 'x', 'team', 'alice');
+INSERT INTO usage_guard.subjects (tenant_id, subject_id, level, parent_id) VALUES ('gw', 'y', 'api_key', 'nobody');
+INSERT INTO usage_guard.subjects (tenant_id, subject_id, level, parent_id) VALUES ('other', 'team-a', 'team', NULL);
+INSERT INTO usage_guard.subjects (tenant_id, subject_id, level, parent_id) VALUES ('other', 'k', 'api_key', 'alice');
+UPDATE usage_guard.subjects SET parent_id = 'key-1' WHERE tenant_id = 'gw' AND subject_id = 'alice';
+UPDATE usage_guard.subjects SET parent_id = 'team-a' WHERE tenant_id = 'gw' AND subject_id = 'team-a';
+UPDATE usage_guard.subjects SET level = 'api_key' WHERE tenant_id = 'gw' AND subject_id = 'alice';
+INSERT INTO usage_guard.subjects (tenant_id, subject_id, level) VALUES ('gw', 'z', 'tenant');
+SELECT count(*) FROM usage_guard.subjects;
+
+-- limits: per-key quota and rates, a user quota (role), a team quota
+INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, feature_key, period, hard_limit)
+VALUES ('gw_pro', 'api_key', 'quota', 'gw_tokens', 'day', 1000),
+       ('gw_pro', 'team', 'quota', 'gw_tokens', 'day', 1500);
+INSERT INTO usage_guard.subject_limits (role, level, limit_kind, feature_key, period, hard_limit)
+VALUES ('developer', 'user', 'quota', 'gw_tokens', 'hour', 600);
+-- an override for key-2: a bigger daily quota than the plan's
+INSERT INTO usage_guard.subject_limits (tenant_id, subject_id, level, limit_kind, feature_key, period, hard_limit)
+VALUES ('gw', 'key-2', 'api_key', 'quota', 'gw_tokens', 'day', 5000);
+
+-- bad limits
+INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, per, hard_limit) VALUES ('gw_pro', 'api_key', 'rate', '1 second', 0);
+INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, per, hard_limit) VALUES ('gw_pro', 'api_key', 'rate', '1 second', -5);
+INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, per, hard_limit) VALUES ('gw_pro', 'api_key', 'rate', '2 hours', 5);
+INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, per, hard_limit) VALUES ('gw_pro', 'api_key', 'rate', '1.5 seconds', 5);
+INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, hard_limit) VALUES ('gw_pro', 'api_key', 'concurrency', 2.5);
+INSERT INTO usage_guard.subject_limits (plan_code, role, level, limit_kind, hard_limit) VALUES ('gw_pro', 'x', 'api_key', 'concurrency', 2);
+INSERT INTO usage_guard.subject_limits (tenant_id, subject_id, level, limit_kind, hard_limit) VALUES ('gw', 'nobody', 'api_key', 'concurrency', 2);
+
+-- every level charged in one step
+SELECT allowed, decision, level, subject_id, period, limit_value, usage, remaining, recorded
+  FROM usage_guard.request_consume('gw', 'key-1', 'gw_tokens', 400, at => '2025-11-18 10:00+00');
+SELECT subject_id, subject_path, amount FROM usage_guard.usage_events WHERE tenant_id = 'gw';
+-- the user's hourly quota (600, by role) refuses the next 400: nothing is charged anywhere
+SELECT allowed, decision, level, subject_id, period, limit_value, usage, remaining, retry_after, recorded
+  FROM usage_guard.request_consume('gw', 'key-1', 'gw_tokens', 400, at => '2025-11-18 10:30+00');
+SELECT count(*) FROM usage_guard.usage_events WHERE tenant_id = 'gw';
+-- key-2 shares the team: the team's day (1500) counts key-1's 400
+SELECT allowed, level, subject_id, period, usage, remaining
+  FROM usage_guard.request_consume('gw', 'key-2', 'gw_tokens', 1000, at => '2025-11-18 10:40+00');
+SELECT allowed, decision, level, subject_id, period, limit_value, usage, retry_after
+  FROM usage_guard.request_consume('gw', 'key-2', 'gw_tokens', 200, at => '2025-11-18 10:41+00');
+-- the tenant's plan limit counts every key (usage_check sees the tenant level)
+SELECT usage FROM usage_guard.usage_check('gw', 'gw_tokens', 0, '2025-11-18 10:42+00');
+-- a request larger than a limit itself: waiting cannot help
+SELECT allowed, level, period, retry_after, headers ? 'Retry-After' AS has_retry_after
+  FROM usage_guard.request_consume('gw', 'key-1', 'gw_tokens', 2000, at => '2025-11-18 10:43+00');
+-- request_enforce raises with the JSON detail
+SELECT try_detail($$SELECT usage_guard.request_enforce('gw', 'key-1', 'gw_tokens', 300, at => '2025-11-18 10:44+00')$$)
+       - 'message' AS detail;
+SELECT try($$SELECT usage_guard.request_enforce('gw', 'key-1', 'gw_tokens', 300, at => '2025-11-18 10:44+00')$$);
+-- check has no side effects
+SELECT allowed, level, period, usage FROM usage_guard.request_check('gw', 'key-1', 'gw_tokens', 100, '2025-11-18 10:45+00');
+
+-- two refusing windows: the one to wait longest for decides, retry_after is its reset
+INSERT INTO usage_guard.subject_limits (tenant_id, subject_id, level, limit_kind, feature_key, period, hard_limit)
+VALUES ('gw', 'key-1', 'api_key', 'quota', 'gw_tokens', 'hour', 500);
+SELECT allowed, level, period, retry_after, reset_at
+  FROM usage_guard.request_consume('gw', 'key-1', 'gw_tokens', 150, at => '2025-11-18 10:50+00');
+SELECT allowed, level, period, retry_after, headers->>'Retry-After' AS retry_header
+  FROM usage_guard.request_consume('gw', 'key-2', 'gw_tokens', 200, at => '2025-11-18 10:50+00');
+
+-- rate limits (GCRA): 2 requests per second, burst 2, on key-1; 50 tokens per minute on alice
+INSERT INTO usage_guard.subject_limits (tenant_id, subject_id, level, limit_kind, per, hard_limit)
+VALUES ('gw', 'key-1', 'api_key', 'rate', '1 second', 2);
+INSERT INTO usage_guard.subject_limits (tenant_id, subject_id, level, limit_kind, feature_key, per, hard_limit)
+VALUES ('gw', 'alice', 'user', 'rate', 'gw_tokens', '1 minute', 50);
+SELECT allowed, level, limit_kind, period, remaining
+  FROM usage_guard.request_consume('gw', 'key-1', 'gw_tokens', 1, at => '2025-11-18 12:00:00+00');
+SELECT allowed, level, limit_kind, period, remaining
+  FROM usage_guard.request_consume('gw', 'key-1', 'gw_tokens', 1, at => '2025-11-18 12:00:00.1+00');
+-- the third request in the same second: refused, retry when one request's worth has drained
+SELECT allowed, decision, level, limit_kind, period, retry_after, headers->>'Retry-After' AS retry_header
+  FROM usage_guard.request_consume('gw', 'key-1', 'gw_tokens', 1, at => '2025-11-18 12:00:00.2+00');
+SELECT allowed FROM usage_guard.request_consume('gw', 'key-1', 'gw_tokens', 1, at => '2025-11-18 12:00:00.5+00');
+-- tokens per minute at the user level (one every 1.2 s): 48 more pass, the next 10 wait about 10 s
+SELECT allowed FROM usage_guard.request_consume('gw', 'key-1', 'gw_tokens', 48, at => '2025-11-18 12:00:02+00');
+SELECT allowed, level, limit_kind, period, retry_after
+  FROM usage_guard.request_consume('gw', 'key-1', 'gw_tokens', 10, at => '2025-11-18 12:00:03+00');
+-- more than the burst: never
+SELECT allowed, level, limit_kind, retry_after
+  FROM usage_guard.request_consume('gw', 'key-1', 'gw_tokens', 60, at => '2025-11-18 12:05:00+00');
+-- the header values
+SELECT jsonb_pretty(headers) FROM usage_guard.request_check('gw', 'key-1', 'gw_tokens', 1, '2025-11-18 12:10:00+00');
+
+-- concurrency leases: 2 at a time for key-2
+INSERT INTO usage_guard.subject_limits (tenant_id, subject_id, level, limit_kind, hard_limit)
+VALUES ('gw', 'key-2', 'api_key', 'concurrency', 2);
+CREATE TEMP TABLE held AS
+SELECT lease_id FROM usage_guard.lease_acquire('gw', 'key-2', '1 minute', now());
+INSERT INTO held SELECT lease_id FROM usage_guard.lease_acquire('gw', 'key-2', '1 minute', now());
+SELECT count(*), count(lease_id) FROM held;
+SELECT allowed, decision, level, limit_kind, usage, limit_value, lease_id IS NULL AS no_lease,
+       retry_after BETWEEN 59 AND 60 AS retry_by_ttl
+  FROM usage_guard.lease_acquire('gw', 'key-2', '1 minute', now());
+-- release is idempotent; the slot comes back
+SELECT usage_guard.lease_release('gw', lease_id) FROM held ORDER BY lease_id LIMIT 1;
+SELECT usage_guard.lease_release('gw', lease_id) FROM held ORDER BY lease_id LIMIT 1;
+SELECT allowed, lease_id IS NOT NULL AS has_lease FROM usage_guard.lease_acquire('gw', 'key-2', '1 minute', now());
+-- an expired lease frees its slot: judged at a time after the TTL (admin may pass `at`)
+SELECT allowed FROM usage_guard.lease_acquire('gw', 'key-2', '1 minute', now() + interval '61 seconds');
+-- a lease with a request, in one call
+SELECT allowed, lease_id IS NOT NULL AS has_lease, recorded
+  FROM usage_guard.request_consume('gw', 'key-1', 'gw_tokens', 1, lease_ttl => '30 seconds', at => now());
+SELECT level, count(*) FROM usage_guard.leases WHERE tenant_id = 'gw' GROUP BY level ORDER BY level;
+
+-- bad input: a clear error, nothing changed
+SELECT usage_guard.lease_release('gw', '00000000-0000-4000-8000-000000000000');
+SELECT usage_guard.lease_acquire('gw', 'key-2', '0 seconds');
+SELECT usage_guard.lease_acquire('gw', 'key-2', '2 days');
+SELECT usage_guard.lease_acquire('gw', 'key-2', NULL);
+SELECT usage_guard.request_consume('gw', 'nobody', 'gw_tokens', 1);
+SELECT usage_guard.request_consume('gw', 'key-1', 'nothing', 1);
+SELECT usage_guard.request_consume('nobody', 'key-1', 'gw_tokens', 1);
+SELECT usage_guard.request_consume('gw', NULL, 'gw_tokens', 1);
+SELECT usage_guard.request_consume('gw', repeat('k', 256), 'gw_tokens', 1);
+
+-- the tenant-only calls are unchanged, and report their level
+SELECT allowed, level, subject_id, limit_kind, period
+  FROM usage_guard.usage_consume('gw', 'gw_tokens', 1, at => '2025-11-20 10:00+00');
+
+-- the live counters equal the ledger at every level
+SELECT usage_guard.reset_counters() >= 0 AS recomputed;

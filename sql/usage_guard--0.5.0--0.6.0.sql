@@ -1,0 +1,284 @@
+-- usage_guard 0.5.0 -> 0.6.0: gateway limits I (subjects, rate limits,
+-- concurrency leases, decision output for HTTP).  Every change here is also
+-- in sql/src, which holds the current definition of every object; the
+-- upgrade test proves both equal.
+
+\echo Use "ALTER EXTENSION usage_guard UPDATE TO '0.6.0'" to load this file. \quit
+
+-- The ledger records the subject a row was charged to, and its chain
+ALTER TABLE usage_guard.usage_events ADD COLUMN subject_id text, ADD COLUMN subject_path text[];
+COMMENT ON COLUMN usage_guard.usage_events.subject_id IS
+    'The subject a request_consume row was charged to (NULL: the tenant only)';
+COMMENT ON COLUMN usage_guard.usage_events.subject_path IS
+    'The subjects charged, most specific first (e.g. {key, user, team}), as resolved when the row was written';
+
+-- Every decision says which limit decided, when to retry, and the headers
+ALTER TYPE usage_guard.usage_decision
+    ADD ATTRIBUTE level text,
+    ADD ATTRIBUTE subject_id text,
+    ADD ATTRIBUTE limit_kind text,
+    ADD ATTRIBUTE hard_limit numeric,
+    ADD ATTRIBUTE soft_limit numeric,
+    ADD ATTRIBUTE usage_after numeric,
+    ADD ATTRIBUTE reset_at timestamptz,
+    ADD ATTRIBUTE retry_after numeric,
+    ADD ATTRIBUTE lease_id uuid,
+    ADD ATTRIBUTE headers jsonb;
+COMMENT ON TYPE usage_guard.usage_decision IS
+    'Result of the decision calls: decision allow|soft_limit|hard_limit for the deciding limit (level, subject_id, limit_kind quota|rate|concurrency, period); usage is before this request, usage_after after it, remaining = limit_value - usage (never negative), recorded = this call wrote a ledger row; retry_after = seconds until the same request would pass every limit (NULL when allowed or when waiting cannot help); headers = RateLimit-Policy, RateLimit, Retry-After and X-RateLimit-* values for an HTTP response';
+
+--------------------------------------------------------------------------
+-- Subjects
+--------------------------------------------------------------------------
+
+-- A subject belongs to the subject above it, or (parent_id NULL) directly
+-- to its tenant.  Levels only go up (api_key -> user -> team -> tenant), so
+-- a hierarchy can skip levels but never loop.
+CREATE TABLE usage_guard.subjects (
+    tenant_id  text NOT NULL,
+    subject_id text NOT NULL,
+    level      text NOT NULL,
+    parent_id  text,
+    role       text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT subjects_pkey PRIMARY KEY (tenant_id, subject_id),
+    CONSTRAINT subjects_parent_fkey FOREIGN KEY (tenant_id, parent_id)
+        REFERENCES usage_guard.subjects (tenant_id, subject_id),
+    CONSTRAINT subjects_level_check CHECK (level IN ('api_key', 'user', 'team')),
+    CONSTRAINT subjects_names_check CHECK (
+        octet_length(tenant_id) BETWEEN 1 AND 255 AND octet_length(subject_id) BETWEEN 1 AND 255
+        AND (role IS NULL OR octet_length(role) BETWEEN 1 AND 255)),
+    CONSTRAINT subjects_not_own_parent CHECK (parent_id IS DISTINCT FROM subject_id)
+);
+COMMENT ON TABLE usage_guard.subjects IS
+    'Subjects inside a tenant: api_key -> user -> team -> tenant (levels may be skipped); a subject may carry a role that limits attach to';
+
+-- Levels go up: a parent is of a higher level than its children
+CREATE FUNCTION usage_guard.subjects_check_levels()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rank CONSTANT jsonb := '{"api_key": 1, "user": 2, "team": 3}';
+    parent_level text;
+    child record;
+BEGIN
+    IF NEW.parent_id IS NOT NULL THEN
+        SELECT s.level INTO parent_level FROM usage_guard.subjects s
+         WHERE s.tenant_id = NEW.tenant_id AND s.subject_id = NEW.parent_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'parent "%" is not a subject of tenant "%"', NEW.parent_id, NEW.tenant_id
+                USING ERRCODE = 'foreign_key_violation',
+                      HINT = 'A subject''s parent is a subject of the same tenant; NULL puts it directly under the tenant.';
+        END IF;
+        IF (rank ->> parent_level)::int <= (rank ->> NEW.level)::int THEN
+            RAISE EXCEPTION 'a subject of level % cannot belong to one of level %', NEW.level, parent_level
+                USING ERRCODE = 'check_violation',
+                      DETAIL = pg_catalog.format('Subject "%s" of tenant "%s" would have parent "%s".',
+                                                 NEW.subject_id, NEW.tenant_id, NEW.parent_id),
+                      HINT = 'Levels go up: api_key -> user -> team -> tenant (levels may be skipped), so a hierarchy cannot loop.';
+        END IF;
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.level <> OLD.level THEN
+        SELECT s.subject_id, s.level INTO child FROM usage_guard.subjects s
+         WHERE s.tenant_id = NEW.tenant_id AND s.parent_id = NEW.subject_id
+           AND (rank ->> s.level)::int >= (rank ->> NEW.level)::int
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'a subject of level % cannot belong to one of level %', child.level, NEW.level
+                USING ERRCODE = 'check_violation',
+                      DETAIL = pg_catalog.format('Subject "%s" belongs to "%s".', child.subject_id, NEW.subject_id);
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.subjects_check_levels() IS
+    'Trigger: a subject''s parent is a subject of the same tenant at a higher level (api_key -> user -> team)';
+CREATE TRIGGER subjects_check_levels
+    BEFORE INSERT OR UPDATE ON usage_guard.subjects
+    FOR EACH ROW EXECUTE FUNCTION usage_guard.subjects_check_levels();
+CREATE TRIGGER subjects_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON usage_guard.subjects FOR EACH STATEMENT EXECUTE FUNCTION usage_guard.catalog_changed();
+
+--------------------------------------------------------------------------
+-- Limits of subjects
+--------------------------------------------------------------------------
+
+-- One row per limit, attached to exactly one of: a plan (every subject at
+-- `level` of the plan's tenants; level 'tenant' is the tenant itself), a
+-- role (every subject at `level` with the role), or one subject (tenant_id
+-- and subject_id; subject_id NULL with level 'tenant' for the tenant).  For
+-- the same level, kind, feature and window, a subject's own row replaces
+-- its role's, which replaces its plan's.
+--   quota:       feature_key, period, soft_limit and/or hard_limit (units per window)
+--   rate:        hard_limit units per `per` (1 second to 1 hour), optional burst;
+--                feature_key NULL counts requests, else the feature's amount
+--   concurrency: hard_limit leases held at once (feature_key NULL)
+CREATE TABLE usage_guard.subject_limits (
+    limit_id    bigint GENERATED ALWAYS AS IDENTITY,
+    plan_code   text REFERENCES usage_guard.plans ON UPDATE CASCADE ON DELETE CASCADE,
+    role        text,
+    tenant_id   text,
+    subject_id  text,
+    level       text NOT NULL,
+    limit_kind  text NOT NULL,
+    feature_key text REFERENCES usage_guard.features ON UPDATE CASCADE ON DELETE CASCADE,
+    period      usage_guard.period_kind,
+    per         interval,
+    soft_limit  numeric,
+    hard_limit  numeric,
+    burst       numeric,
+    CONSTRAINT subject_limits_pkey PRIMARY KEY (limit_id),
+    CONSTRAINT subject_limits_subject_fkey FOREIGN KEY (tenant_id, subject_id)
+        REFERENCES usage_guard.subjects (tenant_id, subject_id) ON DELETE CASCADE,
+    CONSTRAINT subject_limits_attached_once CHECK (
+        num_nonnulls(plan_code, role, tenant_id) = 1 AND (subject_id IS NULL OR tenant_id IS NOT NULL)),
+    CONSTRAINT subject_limits_level_check CHECK (level IN ('api_key', 'user', 'team', 'tenant')
+        AND (tenant_id IS NULL OR (subject_id IS NULL) = (level = 'tenant'))
+        AND (role IS NULL OR level <> 'tenant')),
+    CONSTRAINT subject_limits_kind_check CHECK (CASE limit_kind
+        WHEN 'quota' THEN feature_key IS NOT NULL AND per IS NULL AND burst IS NULL
+             AND period IS NOT NULL
+             AND (soft_limit IS NOT NULL OR hard_limit IS NOT NULL)
+        WHEN 'rate' THEN period IS NULL AND soft_limit IS NULL AND hard_limit IS NOT NULL
+             AND per IS NOT NULL
+        WHEN 'concurrency' THEN feature_key IS NULL AND period IS NULL AND per IS NULL
+             AND soft_limit IS NULL AND burst IS NULL AND hard_limit IS NOT NULL
+        ELSE false END),
+    CONSTRAINT subject_limits_values_check CHECK (
+        (soft_limit IS NULL OR soft_limit >= 0) AND (hard_limit IS NULL OR hard_limit >= 0)
+        AND (limit_kind <> 'rate' OR (hard_limit > 0 AND (burst IS NULL OR burst >= 1)))
+        AND (limit_kind <> 'concurrency' OR hard_limit = trunc(hard_limit))
+        AND (soft_limit IS NULL OR hard_limit IS NULL OR soft_limit <= hard_limit)
+        AND (hard_limit IS NULL OR hard_limit <= 1e15) AND (burst IS NULL OR burst <= 1e15)),
+    CONSTRAINT subject_limits_per_check CHECK (per IS NULL OR (
+        per >= interval '1 second' AND per <= interval '1 hour'
+        AND extract(epoch FROM per) = trunc(extract(epoch FROM per))
+        AND extract(day FROM per) = 0 AND extract(month FROM per) = 0)),
+    CONSTRAINT subject_limits_role_check CHECK (role IS NULL OR octet_length(role) BETWEEN 1 AND 255)
+);
+CREATE UNIQUE INDEX subject_limits_one_per_window ON usage_guard.subject_limits (
+    coalesce(plan_code, ''), coalesce(role, ''), coalesce(tenant_id, ''), coalesce(subject_id, ''),
+    level, limit_kind, coalesce(feature_key, ''), coalesce(period, ''), coalesce(per, interval '0'));
+COMMENT ON TABLE usage_guard.subject_limits IS
+    'Gateway limits: quotas, rate limits (GCRA) and concurrency limits per level (api_key, user, team, tenant), attached to a plan, a role or one subject; a subject''s own row replaces its role''s, which replaces its plan''s';
+CREATE TRIGGER subject_limits_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON usage_guard.subject_limits FOR EACH STATEMENT EXECUTE FUNCTION usage_guard.catalog_changed();
+
+--------------------------------------------------------------------------
+-- Leases
+--------------------------------------------------------------------------
+
+-- A lease holds one slot at each level of its subject until it is released
+-- or expires: one row per level (holder_id '' is the tenant).  Rows are
+-- durable, so a slot survives a crash or restart of the server and is freed
+-- by its TTL; release and expiry work from any session (poolers).
+CREATE TABLE usage_guard.leases (
+    tenant_id   text NOT NULL,
+    lease_id    uuid NOT NULL,
+    holder_id   text NOT NULL,
+    level       text NOT NULL,
+    subject_id  text NOT NULL,
+    acquired_at timestamptz NOT NULL,
+    expires_at  timestamptz NOT NULL,
+    released_at timestamptz,
+    CONSTRAINT leases_pkey PRIMARY KEY (tenant_id, lease_id, holder_id)
+);
+CREATE INDEX leases_live ON usage_guard.leases (tenant_id, holder_id, expires_at)
+    WHERE released_at IS NULL;
+COMMENT ON TABLE usage_guard.leases IS
+    'Concurrency leases: one row per level a lease holds a slot at; live while released_at IS NULL and expires_at is in the future';
+
+SELECT pg_catalog.pg_extension_config_dump('usage_guard.subjects', '');
+SELECT pg_catalog.pg_extension_config_dump('usage_guard.subject_limits', '');
+SELECT pg_catalog.pg_extension_config_dump('usage_guard.leases', '');
+
+--------------------------------------------------------------------------
+-- Calls
+--------------------------------------------------------------------------
+
+CREATE FUNCTION usage_guard.request_check(
+    tenant_id   text,
+    subject_id  text,
+    feature_key text,
+    amount      numeric DEFAULT 1,
+    at          timestamptz DEFAULT now())
+RETURNS usage_guard.usage_decision
+AS 'MODULE_PATHNAME', 'request_check'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION usage_guard.request_check(text, text, text, numeric, timestamptz) IS
+    'Would this request of a subject pass every limit of the subject, its ancestors and its tenant? No side effects (rate limits are not spent)';
+
+CREATE FUNCTION usage_guard.request_consume(
+    tenant_id       text,
+    subject_id      text,
+    feature_key     text,
+    amount          numeric DEFAULT 1,
+    idempotency_key text DEFAULT NULL,
+    attributes      jsonb DEFAULT '{}',
+    lease_ttl       interval DEFAULT NULL,
+    at              timestamptz DEFAULT now())
+RETURNS usage_guard.usage_decision
+AS 'MODULE_PATHNAME', 'request_consume'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION usage_guard.request_consume(text, text, text, numeric, text, jsonb, interval, timestamptz) IS
+    'One request of a subject: every quota, rate and concurrency limit of every level decided at once; when allowed, charged at every level (and a lease taken when lease_ttl is given), else nothing anywhere';
+
+CREATE FUNCTION usage_guard.request_enforce(
+    tenant_id       text,
+    subject_id      text,
+    feature_key     text,
+    amount          numeric DEFAULT 1,
+    idempotency_key text DEFAULT NULL,
+    attributes      jsonb DEFAULT '{}',
+    lease_ttl       interval DEFAULT NULL,
+    at              timestamptz DEFAULT now())
+RETURNS usage_guard.usage_decision
+AS 'MODULE_PATHNAME', 'request_enforce'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION usage_guard.request_enforce(text, text, text, numeric, text, jsonb, interval, timestamptz) IS
+    'Like request_consume, but raises usage_limit_exceeded (UG001) or usage_soft_limit_exceeded (UG002) when refused';
+
+CREATE FUNCTION usage_guard.lease_acquire(
+    tenant_id  text,
+    subject_id text,
+    ttl        interval DEFAULT '5 minutes',
+    at         timestamptz DEFAULT now())
+RETURNS usage_guard.usage_decision
+AS 'MODULE_PATHNAME', 'lease_acquire'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION usage_guard.lease_acquire(text, text, interval, timestamptz) IS
+    'Takes a concurrency slot at every level of a subject (lease_id in the decision) if every concurrency limit has room; it frees itself after ttl (1 second to 1 day)';
+
+CREATE FUNCTION usage_guard.lease_release(
+    tenant_id text,
+    lease_id  uuid)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'lease_release'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION usage_guard.lease_release(text, uuid) IS
+    'Frees a lease; true if it was live, false if already released or expired (idempotent); an unknown lease is an error';
+
+-- Privileges of the new objects (sql/src/privileges.sql)
+REVOKE ALL ON FUNCTION
+    usage_guard.subjects_check_levels(),
+    usage_guard.request_check(text, text, text, numeric, timestamptz),
+    usage_guard.request_consume(text, text, text, numeric, text, jsonb, interval, timestamptz),
+    usage_guard.request_enforce(text, text, text, numeric, text, jsonb, interval, timestamptz),
+    usage_guard.lease_acquire(text, text, interval, timestamptz),
+    usage_guard.lease_release(text, uuid)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    usage_guard.request_check(text, text, text, numeric, timestamptz),
+    usage_guard.request_consume(text, text, text, numeric, text, jsonb, interval, timestamptz),
+    usage_guard.request_enforce(text, text, text, numeric, text, jsonb, interval, timestamptz),
+    usage_guard.lease_acquire(text, text, interval, timestamptz),
+    usage_guard.lease_release(text, uuid)
+    TO usage_guard_application;
+GRANT SELECT ON usage_guard.subjects, usage_guard.subject_limits, usage_guard.leases
+    TO usage_guard_reader;
+GRANT SELECT, INSERT, UPDATE, DELETE ON usage_guard.subjects, usage_guard.subject_limits
+    TO usage_guard_admin;
+GRANT SELECT, DELETE ON usage_guard.leases TO usage_guard_admin;
