@@ -35,7 +35,8 @@ REGRESS = setup catalog check consume record periods billing overrides \
           privileges search_path names plan_defaults gateway upgrade
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/usage_guard.conf
 
-ISOLATION = consume_last_unit reload_after_restart catalog_change ledger_rules_change
+ISOLATION = consume_last_unit reload_after_restart catalog_change ledger_rules_change \
+            gateway_levels gateway_leases
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=./tmp_isolation \
                  --temp-config=$(srcdir)/test/usage_guard.conf
 
