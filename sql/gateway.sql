@@ -25,7 +25,7 @@ INSERT INTO usage_guard.subjects (tenant_id, subject_id, level, parent_id) VALUE
 UPDATE usage_guard.subjects SET parent_id = 'key-1' WHERE tenant_id = 'gw' AND subject_id = 'alice';
 UPDATE usage_guard.subjects SET parent_id = 'team-a' WHERE tenant_id = 'gw' AND subject_id = 'team-a';
 UPDATE usage_guard.subjects SET level = 'api_key' WHERE tenant_id = 'gw' AND subject_id = 'alice';
-INSERT INTO usage_guard.subjects (tenant_id, subject_id, level) VALUES ('gw', 'z', 'tenant');
+SELECT try($$INSERT INTO usage_guard.subjects (tenant_id, subject_id, level) VALUES ('gw', 'z', 'tenant')$$);
 SELECT count(*) FROM usage_guard.subjects;
 
 -- limits: per-key quota and rates, a user quota (role), a team quota
@@ -39,12 +39,12 @@ INSERT INTO usage_guard.subject_limits (tenant_id, subject_id, level, limit_kind
 VALUES ('gw', 'key-2', 'api_key', 'quota', 'gw_tokens', 'day', 5000);
 
 -- bad limits
-INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, per, hard_limit) VALUES ('gw_pro', 'api_key', 'rate', '1 second', 0);
-INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, per, hard_limit) VALUES ('gw_pro', 'api_key', 'rate', '1 second', -5);
-INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, per, hard_limit) VALUES ('gw_pro', 'api_key', 'rate', '2 hours', 5);
-INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, per, hard_limit) VALUES ('gw_pro', 'api_key', 'rate', '1.5 seconds', 5);
-INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, hard_limit) VALUES ('gw_pro', 'api_key', 'concurrency', 2.5);
-INSERT INTO usage_guard.subject_limits (plan_code, role, level, limit_kind, hard_limit) VALUES ('gw_pro', 'x', 'api_key', 'concurrency', 2);
+SELECT try($$INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, per, hard_limit) VALUES ('gw_pro', 'api_key', 'rate', '1 second', 0)$$);
+SELECT try($$INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, per, hard_limit) VALUES ('gw_pro', 'api_key', 'rate', '1 second', -5)$$);
+SELECT try($$INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, per, hard_limit) VALUES ('gw_pro', 'api_key', 'rate', '2 hours', 5)$$);
+SELECT try($$INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, per, hard_limit) VALUES ('gw_pro', 'api_key', 'rate', '1.5 seconds', 5)$$);
+SELECT try($$INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, hard_limit) VALUES ('gw_pro', 'api_key', 'concurrency', 2.5)$$);
+SELECT try($$INSERT INTO usage_guard.subject_limits (plan_code, role, level, limit_kind, hard_limit) VALUES ('gw_pro', 'x', 'api_key', 'concurrency', 2)$$);
 INSERT INTO usage_guard.subject_limits (tenant_id, subject_id, level, limit_kind, hard_limit) VALUES ('gw', 'nobody', 'api_key', 'concurrency', 2);
 
 -- every level charged in one step
@@ -134,6 +134,48 @@ SELECT usage_guard.request_consume('gw', 'key-1', 'nothing', 1);
 SELECT usage_guard.request_consume('nobody', 'key-1', 'gw_tokens', 1);
 SELECT usage_guard.request_consume('gw', NULL, 'gw_tokens', 1);
 SELECT usage_guard.request_consume('gw', repeat('k', 256), 'gw_tokens', 1);
+
+-- rolling windows: 100 tokens per rolling hour on key-3, granularity 1 minute
+INSERT INTO usage_guard.subjects (tenant_id, subject_id, level) VALUES ('gw', 'key-3', 'api_key');
+INSERT INTO usage_guard.subject_limits (tenant_id, subject_id, level, limit_kind, feature_key, rolling, hard_limit)
+VALUES ('gw', 'key-3', 'api_key', 'quota', 'gw_tokens', '1 hour', 100);
+INSERT INTO usage_guard.subject_limits (tenant_id, subject_id, level, limit_kind, feature_key, rolling, hard_limit)
+VALUES ('gw', 'key-3', 'api_key', 'quota', 'gw_tokens', '90 seconds', 100);      -- not whole minutes
+INSERT INTO usage_guard.subject_limits (tenant_id, subject_id, level, limit_kind, feature_key, rolling, hard_limit)
+VALUES ('gw', 'key-3', 'api_key', 'quota', 'gw_tokens', '25 hours 30 minutes', 100); -- not whole hours
+INSERT INTO usage_guard.subject_limits (tenant_id, subject_id, level, limit_kind, feature_key, rolling, hard_limit)
+VALUES ('gw', 'key-3', 'api_key', 'quota', 'gw_tokens', '91 days', 100);
+SELECT allowed, period, usage, recorded
+  FROM usage_guard.request_consume('gw', 'key-3', 'gw_tokens', 60, at => '2025-11-21 12:00:30+00');
+SELECT allowed, period, usage
+  FROM usage_guard.request_consume('gw', 'key-3', 'gw_tokens', 30, at => '2025-11-21 12:20:00+00');
+-- full: 20 more would pass once the 60 of 12:00 have left, at 13:01:00
+-- (the bucket of 12:00:30 starts at 12:00, plus one hour, plus the bucket)
+SELECT allowed, level, period, usage, retry_after, reset_at, window_start, window_end
+  FROM usage_guard.request_consume('gw', 'key-3', 'gw_tokens', 20, at => '2025-11-21 12:30:00+00');
+-- the boundary: still counted at 13:00:59, gone at 13:01:00
+SELECT allowed, usage FROM usage_guard.request_check('gw', 'key-3', 'gw_tokens', 20, '2025-11-21 13:00:59+00');
+SELECT allowed, usage FROM usage_guard.request_check('gw', 'key-3', 'gw_tokens', 20, '2025-11-21 13:01:00+00');
+-- larger than the window's limit: waiting cannot help
+SELECT allowed, retry_after FROM usage_guard.request_consume('gw', 'key-3', 'gw_tokens', 101, at => '2025-11-21 13:01:00+00');
+-- units leave: at 13:01 the 60 are gone and 70 fit
+SELECT allowed, usage FROM usage_guard.request_consume('gw', 'key-3', 'gw_tokens', 70, at => '2025-11-21 13:01:00+00');
+-- the live counter and the ledger agree (the ledger's sum over the same buckets)
+SELECT usage FROM usage_guard.request_check('gw', 'key-3', 'gw_tokens', 0, '2025-11-21 13:05:00+00');
+SELECT sum(amount) FROM usage_guard.usage_events
+ WHERE tenant_id = 'gw' AND 'key-3' = ANY (subject_path) AND occurred_at >= '2025-11-21 12:05:00+00';
+-- an aborted consume gives its units back to the rolling window
+-- (at 13:21 the 30 of 12:20 have left)
+BEGIN;
+SELECT allowed, usage FROM usage_guard.request_consume('gw', 'key-3', 'gw_tokens', 10, at => '2025-11-21 13:21:00+00');
+SELECT allowed, usage FROM usage_guard.request_check('gw', 'key-3', 'gw_tokens', 0, '2025-11-21 13:21:00+00');
+ROLLBACK;
+SELECT usage FROM usage_guard.request_check('gw', 'key-3', 'gw_tokens', 0, '2025-11-21 13:21:00+00');
+-- reloaded from the ledger (reset_counters drops rolling windows; the next decision loads them)
+SELECT usage_guard.reset_counters() >= 1;
+SELECT usage FROM usage_guard.request_check('gw', 'key-3', 'gw_tokens', 0, '2025-11-21 13:21:00+00');
+SELECT subject_id, feature_key, usage, reserved FROM usage_guard.usage_counters
+ WHERE tenant_id = 'gw' AND subject_id = 'key-3';
 
 -- the tenant-only calls are unchanged, and report their level
 SELECT allowed, level, subject_id, limit_kind, period

@@ -112,7 +112,8 @@ CREATE TRIGGER subjects_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
 -- and subject_id; subject_id NULL with level 'tenant' for the tenant).  For
 -- the same level, kind, feature and window, a subject's own row replaces
 -- its role's, which replaces its plan's.
---   quota:       feature_key, period, soft_limit and/or hard_limit (units per window)
+--   quota:       feature_key, a calendar period or a rolling interval (1 minute
+--                to 90 days), soft_limit and/or hard_limit (units per window)
 --   rate:        hard_limit units per `per` (1 second to 1 hour), optional burst;
 --                feature_key NULL counts requests, else the feature's amount
 --   concurrency: hard_limit leases held at once (feature_key NULL)
@@ -126,6 +127,7 @@ CREATE TABLE usage_guard.subject_limits (
     limit_kind  text NOT NULL,
     feature_key text REFERENCES usage_guard.features ON UPDATE CASCADE ON DELETE CASCADE,
     period      usage_guard.period_kind,
+    rolling     interval,
     per         interval,
     soft_limit  numeric,
     hard_limit  numeric,
@@ -140,11 +142,11 @@ CREATE TABLE usage_guard.subject_limits (
         AND (role IS NULL OR level <> 'tenant')),
     CONSTRAINT subject_limits_kind_check CHECK (CASE limit_kind
         WHEN 'quota' THEN feature_key IS NOT NULL AND per IS NULL AND burst IS NULL
-             AND period IS NOT NULL
+             AND (period IS NULL) <> (rolling IS NULL)
              AND (soft_limit IS NOT NULL OR hard_limit IS NOT NULL)
-        WHEN 'rate' THEN period IS NULL AND soft_limit IS NULL AND hard_limit IS NOT NULL
-             AND per IS NOT NULL
-        WHEN 'concurrency' THEN feature_key IS NULL AND period IS NULL AND per IS NULL
+        WHEN 'rate' THEN period IS NULL AND rolling IS NULL AND soft_limit IS NULL
+             AND hard_limit IS NOT NULL AND per IS NOT NULL
+        WHEN 'concurrency' THEN feature_key IS NULL AND period IS NULL AND rolling IS NULL AND per IS NULL
              AND soft_limit IS NULL AND burst IS NULL AND hard_limit IS NOT NULL
         ELSE false END),
     CONSTRAINT subject_limits_values_check CHECK (
@@ -157,11 +159,20 @@ CREATE TABLE usage_guard.subject_limits (
         per >= interval '1 second' AND per <= interval '1 hour'
         AND extract(epoch FROM per) = trunc(extract(epoch FROM per))
         AND extract(day FROM per) = 0 AND extract(month FROM per) = 0)),
+    -- whole minutes up to 24 hours, whole hours beyond, at most 90 days
+    -- (the granularity of its buckets; docs/architecture.md, "Rolling windows")
+    CONSTRAINT subject_limits_rolling_check CHECK (rolling IS NULL OR (
+        rolling >= interval '1 minute' AND rolling <= interval '90 days'
+        AND extract(month FROM rolling) = 0
+        AND extract(epoch FROM rolling) = trunc(extract(epoch FROM rolling) / 60) * 60
+        AND (rolling <= interval '24 hours'
+             OR extract(epoch FROM rolling) = trunc(extract(epoch FROM rolling) / 3600) * 3600))),
     CONSTRAINT subject_limits_role_check CHECK (role IS NULL OR octet_length(role) BETWEEN 1 AND 255)
 );
 CREATE UNIQUE INDEX subject_limits_one_per_window ON usage_guard.subject_limits (
     coalesce(plan_code, ''), coalesce(role, ''), coalesce(tenant_id, ''), coalesce(subject_id, ''),
-    level, limit_kind, coalesce(feature_key, ''), coalesce(period, ''), coalesce(per, interval '0'));
+    level, limit_kind, coalesce(feature_key, ''), coalesce(period, ''), coalesce(per, interval '0'),
+    coalesce(rolling, interval '0'));
 COMMENT ON TABLE usage_guard.subject_limits IS
     'Gateway limits: quotas, rate limits (GCRA) and concurrency limits per level (api_key, user, team, tenant), attached to a plan, a role or one subject; a subject''s own row replaces its role''s, which replaces its plan''s';
 CREATE TRIGGER subject_limits_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
@@ -260,6 +271,29 @@ AS 'MODULE_PATHNAME', 'lease_release'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION usage_guard.lease_release(text, uuid) IS
     'Frees a lease; true if it was live, false if already released or expired (idempotent); an unknown lease is an error';
+
+-- The live counters show each subject level's windows
+DROP VIEW usage_guard.usage_counters;
+DROP FUNCTION usage_guard.live_counters();
+CREATE FUNCTION usage_guard.live_counters(
+    OUT tenant_id text, OUT feature_key text,
+    OUT window_start timestamptz, OUT window_end timestamptz,
+    OUT usage numeric, OUT reserved numeric, OUT credit numeric,
+    OUT subject_id text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'usage_guard_counters'
+LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION usage_guard.live_counters() IS
+    'Every live window of this database in shared memory: committed usage, reserved (positive, in flight) and credit (negative, in flight); subject_id NULL for the tenant level, a rolling window shown as the last interval before now';
+
+CREATE VIEW usage_guard.usage_counters AS
+    SELECT tenant_id, feature_key, window_start, window_end, usage, reserved, credit, subject_id
+      FROM usage_guard.live_counters();
+COMMENT ON VIEW usage_guard.usage_counters IS
+    'Live counters per tenant (or subject), feature and window, kept in shared memory in step with the ledger (committed usage, in-flight reservations and credits); empty without shared_preload_libraries';
+REVOKE ALL ON FUNCTION usage_guard.live_counters() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION usage_guard.live_counters() TO usage_guard_admin;
+GRANT SELECT ON usage_guard.usage_counters TO usage_guard_admin;
 
 -- Privileges of the new objects (sql/src/privileges.sql)
 REVOKE ALL ON FUNCTION

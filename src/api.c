@@ -243,7 +243,14 @@ DecisionDatum(FunctionCallInfo fcinfo, const Decision *d, Numeric requested)
 	values[8] = NumericGetDatum(AmountToNumeric(d->usage));
 	values[9] = NumericGetDatum(requested);
 	nulls[8] = nulls[9] = false;
-	if (l && l->kind == LIMIT_QUOTA)
+	if (l && l->kind == LIMIT_QUOTA && l->length > 0)
+	{
+		/* a rolling window: (at - length, at] */
+		values[11] = TimestampTzGetDatum(d->at - l->length);
+		values[12] = TimestampTzGetDatum(d->at);
+		nulls[11] = nulls[12] = false;
+	}
+	else if (l && l->kind == LIMIT_QUOTA)
 	{
 		values[11] = TimestampTzGetDatum(l->window_start);
 		values[12] = TimestampTzGetDatum(l->window_end);
@@ -526,7 +533,7 @@ BuildRequest(EngineRequest *r, const SubjectPolicy *sp, bool quotas)
 			target = feature_target[sl->level];
 		l = EngineAddLimit(r, target, sl->kind, lv->level, subject);
 		l->period = sl->period;
-		l->length = sl->length;
+		l->length = sl->kind == LIMIT_QUOTA ? sl->rolling : sl->length;
 		l->limits = sl->limits;
 		l->burst = sl->burst;
 		if (sl->kind == LIMIT_RATE)

@@ -47,6 +47,14 @@ int			usage_guard_max_counters = 20000;
 static CountersShared *shared = NULL;
 
 static int	EvictIdle(void);
+
+/* Give back the rings of an entry's rolling windows (entry being removed) */
+static void
+FreeRings(CounterEntry *e)
+{
+	for (int i = 0; i < e->nwindows; i++)
+		RingFree(e->windows[i].ring);
+}
 static HTAB *counters = NULL;
 static bool full_reported = false;
 
@@ -298,6 +306,7 @@ EvictIdle(void)
 	{
 		if (n > 0 && EntryIdle(e, now) && pg_atomic_read_u64(&e->last_used) <= threshold)
 		{
+			FreeRings(e);
 			hash_search(counters, &e->key, HASH_REMOVE, NULL);
 			removed++;
 		}
@@ -335,7 +344,7 @@ WindowSlot(CounterEntry *e, TimestampTz now)
 	{
 		if (!WindowIdle(&e->windows[i]))
 			continue;
-		if (e->windows[i].end <= now)
+		if (e->windows[i].end <= now && e->windows[i].ring < 0)
 			return i;
 		if (best < 0 || e->windows[i].end < e->windows[best].end)
 			best = i;
@@ -350,7 +359,7 @@ WindowSlot(CounterEntry *e, TimestampTz now)
  */
 bool
 CounterAddWindow(const CounterKey *key, uint32 hash, TimestampTz start, TimestampTz end,
-				 Amount usage, Amount reserved, Amount credit, TimestampTz now)
+				 Amount usage, Amount reserved, Amount credit, TimestampTz now, int32 ring)
 {
 	LWLock	   *lock = CounterPartitionLock(hash);
 
@@ -372,18 +381,26 @@ CounterAddWindow(const CounterKey *key, uint32 hash, TimestampTz start, Timestam
 			}
 			if (CounterFindWindow(e, start, end) == NULL)
 			{
+				int			before = e->nwindows;
+
 				slot = WindowSlot(e, now);
 				if (slot < 0)
 				{
 					LWLockRelease(lock);
+					RingFree(ring);
 					return false;
 				}
+				if (slot < before)
+					RingFree(e->windows[slot].ring);	/* an idle window replaced */
+				e->windows[slot].ring = ring;
 				e->windows[slot].start = start;
 				e->windows[slot].end = end;
 				e->windows[slot].usage = usage;
 				e->windows[slot].reserved = reserved;
 				e->windows[slot].credit = credit;
 			}
+			else
+				RingFree(ring);	/* another loader was first */
 			CounterTouch(e);
 			LWLockRelease(lock);
 			return true;
@@ -392,6 +409,7 @@ CounterAddWindow(const CounterKey *key, uint32 hash, TimestampTz start, Timestam
 		if (EvictIdle() == 0)
 			break;
 	}
+	RingFree(ring);
 	return false;
 }
 
@@ -452,6 +470,7 @@ CounterRemoveStale(Oid ledger)
 	{
 		if (e->key.dbid == MyDatabaseId && e->key.ledger != ledger)
 		{
+			FreeRings(e);
 			hash_search(counters, &e->key, HASH_REMOVE, NULL);
 			removed++;
 		}
@@ -493,6 +512,7 @@ CounterRemoveWindow(const CounterKey *key, uint32 hash, TimestampTz start, Times
 	{
 		if (entry->windows[i].start == start && entry->windows[i].end == end)
 		{
+			RingFree(entry->windows[i].ring);
 			entry->windows[i] = entry->windows[entry->nwindows - 1];
 			entry->nwindows--;
 			break;
@@ -519,14 +539,25 @@ usage_guard_counters(PG_FUNCTION_ARGS)
 
 		for (int i = 0; i < c->nwindows; i++)
 		{
-			Datum		values[7];
-			bool		nulls[7] = {0};
+			Datum		values[8];
+			bool		nulls[8] = {0};
 			CounterWindow *w = &c->windows[i];
 
 			values[0] = CStringGetTextDatum(c->key.tenant_id);
 			values[1] = CStringGetTextDatum(c->key.feature_key);
-			values[2] = TimestampTzGetDatum(w->start);
-			values[3] = TimestampTzGetDatum(w->end);
+			if (w->ring >= 0)
+			{
+				/* a rolling window: the last `length` before now */
+				values[2] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp() - w->end);
+				values[3] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+			}
+			else
+			{
+				values[2] = TimestampTzGetDatum(w->start);
+				values[3] = TimestampTzGetDatum(w->end);
+			}
+			values[7] = CStringGetTextDatum(c->key.subject_id);
+			nulls[7] = (c->key.subject_id[0] == '\0');
 			values[4] = NumericGetDatum(AmountToNumeric(w->usage));
 			values[5] = NumericGetDatum(AmountToNumeric(w->reserved));
 			values[6] = NumericGetDatum(AmountToNumeric(w->credit));

@@ -48,7 +48,15 @@ typedef struct CounterWindow
 	Amount		usage;			/* committed */
 	Amount		reserved;		/* positive amounts in flight: counted */
 	Amount		credit;			/* negative amounts in flight: not yet counted */
+	int32		ring;			/* rolling window: its ring (rolling.c); -1 calendar */
 } CounterWindow;
+
+/*
+ * A rolling window's identity in a key's windows: start UG_ROLLING_START,
+ * end its length in microseconds (no calendar window starts there).
+ */
+#define UG_ROLLING_START	(PG_INT64_MIN + 1)
+#define IsRollingWindow(start)	((start) == UG_ROLLING_START)
 
 /*
  * The state of one GCRA rate limit of a key: the theoretical arrival time
@@ -112,14 +120,31 @@ extern CounterEntry *CounterLookup(const CounterKey *key, uint32 hash);
 extern CounterWindow *CounterFindWindow(CounterEntry *entry, TimestampTz start, TimestampTz end);
 extern bool CounterAddWindow(const CounterKey *key, uint32 hash, TimestampTz start,
 							 TimestampTz end, Amount usage, Amount reserved,
-							 Amount credit, TimestampTz now);
+							 Amount credit, TimestampTz now, int32 ring);
 extern void CounterTouch(CounterEntry *entry);
 extern void CounterReportFull(void);
 extern Size CounterEntrySize(void);
 
+/* rolling.c */
+extern int	usage_guard_rolling_buckets;
+extern void RollingShmemRequest(void);
+extern void RollingShmemStartup(void);
+extern bool RollingAvailable(void);
+extern int64 RollingGranularity(int64 length);
+extern int32 RingAlloc(int64 length, int64 head);
+extern void RingFree(int32 id);
+extern int64 RingBucketNo(int32 id, TimestampTz t);
+extern void RingLoadBucket(int32 id, int64 bucketno, Amount amount);
+extern bool RingContains(const CounterWindow *win, TimestampTz at);
+extern void RingCommit(CounterWindow *win, TimestampTz at, Amount amount);
+extern Amount RingUsage(const CounterWindow *win, TimestampTz at, Amount cap, Amount need,
+						TimestampTz *free_at, TimestampTz *reset_at);
+extern void RingRange(const CounterWindow *win, TimestampTz *start, TimestampTz *end);
+extern void WindowCommit(CounterWindow *win, TimestampTz at, Amount amount);
+
 /* loader.c */
 extern bool LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *starts,
-						const TimestampTz *ends, int n, bool wait);
+						const TimestampTz *ends, int n, bool wait, TimestampTz at);
 
 /* writes.c */
 extern void WritesInit(void);
@@ -130,7 +155,11 @@ extern LocalWrite *CountScopedWrite(CounterEntry *entry, const CounterKey *key, 
 extern void UndoLocalWrite(LocalWrite *w);
 extern bool OwnWritesIn(const CounterKey *key, TimestampTz start, TimestampTz end,
 						Amount *positive, Amount *negative);
+extern bool OwnWritesSince(const CounterKey *key, TimestampTz since, int32 ring,
+						   Amount *positive, Amount *negative);
 extern void RegisterOwnWritesIn(const CounterKey *key, TimestampTz start, TimestampTz end);
+extern void RegisterOwnWritesSince(const CounterKey *key, TimestampTz start, TimestampTz end,
+								   TimestampTz since);
 extern void LockIdempotencyKey(const char *tenant_id, const char *feature_key, const char *key);
 extern void LockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode);
 extern bool ConditionalLockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode);

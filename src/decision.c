@@ -114,7 +114,9 @@ RetryAt(const FeatureLimit *l, Amount cap)
 	switch (l->kind)
 	{
 		case LIMIT_QUOTA:
-			/* the next window starts empty */
+			/* rolling: when enough units have left (engine); calendar: the next window starts empty */
+			if (l->length > 0)
+				return l->free_at;
 			return l->period == PERIOD_LIFETIME ? DT_NOEND : l->window_end;
 		case LIMIT_RATE:
 			/* new_tat - t <= burst * T  <=>  t >= tat + (q - burst) * T */
@@ -202,7 +204,7 @@ EvaluateLimits(const char *tenant_id, const char *plan_code,
 	{
 		FeatureLimit *w = &limits[i];
 
-		if (w->kind == LIMIT_QUOTA)
+		if (w->kind == LIMIT_QUOTA && w->length == 0)
 			w->reset_at = w->window_end;
 		if (w->limits.has_hard)
 		{
@@ -348,6 +350,17 @@ AppendTs(StringInfo buf, const char *key, const FeatureLimit *w, bool end)
 		AppendIsoTimestamp(buf, end ? w->window_end : w->window_start);
 }
 
+/* 24h, 30d, 90m: a rolling window's length */
+static char *
+LengthLabel(int64 length)
+{
+	if (length % USECS_PER_DAY == 0)
+		return psprintf(INT64_FORMAT "d", length / USECS_PER_DAY);
+	if (length % USECS_PER_HOUR == 0)
+		return psprintf(INT64_FORMAT "h", length / USECS_PER_HOUR);
+	return psprintf(INT64_FORMAT "m", length / USECS_PER_MINUTE);
+}
+
 /* A rate limit's period or a quota's, as a word: second, minute, day, 90s */
 char *
 LimitLabel(const FeatureLimit *l)
@@ -355,6 +368,8 @@ LimitLabel(const FeatureLimit *l)
 	switch (l->kind)
 	{
 		case LIMIT_QUOTA:
+			if (l->length > 0)
+				return psprintf("rolling %s", LengthLabel(l->length));
 			return pstrdup(PeriodKindName(l->period));
 		case LIMIT_RATE:
 			if (l->length == USECS_PER_SEC)
@@ -374,7 +389,7 @@ LimitLabel(const FeatureLimit *l)
 double
 LimitSeconds(const FeatureLimit *l)
 {
-	if (l->kind == LIMIT_RATE)
+	if (l->kind == LIMIT_RATE || (l->kind == LIMIT_QUOTA && l->length > 0))
 		return (double) l->length / USECS_PER_SEC;
 	if (l->kind == LIMIT_QUOTA && l->period != PERIOD_LIFETIME)
 		return (double) (l->window_end - l->window_start) / USECS_PER_SEC;
@@ -440,8 +455,8 @@ DecisionJson(const Decision *d, const char *code)
 	AppendNum(&buf, "usage", true, d->usage);
 	AppendNum(&buf, "requested", true, d->requested);
 	AppendNum(&buf, "remaining", d->has_limit, d->remaining);
-	AppendTs(&buf, "window_start", l && l->kind == LIMIT_QUOTA ? l : NULL, false);
-	AppendTs(&buf, "window_end", l && l->kind == LIMIT_QUOTA ? l : NULL, true);
+	AppendTs(&buf, "window_start", l && l->kind == LIMIT_QUOTA && l->length == 0 ? l : NULL, false);
+	AppendTs(&buf, "window_end", l && l->kind == LIMIT_QUOTA && l->length == 0 ? l : NULL, true);
 	AppendStr(&buf, "level", l ? l->level : (d->window == NULL ? "tenant" : NULL));
 	AppendStr(&buf, "subject_id", l ? l->subject_id : NULL);
 	AppendStr(&buf, "limit_kind", l ? LimitKindName(l->kind) : "quota");
@@ -467,7 +482,12 @@ DecisionJson(const Decision *d, const char *code)
 static char *
 PolicyName(const FeatureLimit *l)
 {
-	return psprintf("%s-%s-%s", l->level, l->unit ? l->unit : "", LimitLabel(l));
+	char	   *label = LimitLabel(l);
+
+	for (char *c = label; *c; c++)
+		if (*c == ' ')
+			*c = '-';
+	return psprintf("%s-%s-%s", l->level, l->unit ? l->unit : "", label);
 }
 
 /* Integer part of a non-negative amount, for headers (sf-integer) */

@@ -131,7 +131,13 @@ PrepareLimits(EngineRequest *r)
 	{
 		FeatureLimit *l = &r->limits[i];
 
-		if (l->kind == LIMIT_QUOTA)
+		if (l->kind == LIMIT_QUOTA && l->length > 0)
+		{
+			/* a rolling window's identity among its key's windows */
+			l->window_start = UG_ROLLING_START;
+			l->window_end = l->length;
+		}
+		else if (l->kind == LIMIT_QUOTA)
 			PeriodWindow(l->period, r->policy, r->at, &l->window_start, &l->window_end);
 		else if (l->kind == LIMIT_RATE)
 		{
@@ -152,7 +158,7 @@ TargetWindows(const EngineRequest *r, int target, TimestampTz *starts, Timestamp
 	{
 		const FeatureLimit *l = &r->limits[i];
 
-		if (l->target != target || l->kind != LIMIT_QUOTA)
+		if (l->target != target || l->kind != LIMIT_QUOTA || m >= UG_MAX_LOAD)
 			continue;
 		starts[m] = l->window_start;
 		ends[m] = l->window_end;
@@ -163,7 +169,8 @@ TargetWindows(const EngineRequest *r, int target, TimestampTz *starts, Timestamp
 	{
 		const FeatureLimit *l = &r->limits[i];
 
-		if (l->target != target || l->kind != LIMIT_QUOTA || l->period == PERIOD_LIFETIME)
+		if (l->target != target || l->kind != LIMIT_QUOTA || l->period == PERIOD_LIFETIME ||
+			l->length > 0 || m >= UG_MAX_LOAD)
 			continue;
 		PeriodWindow(l->period, r->policy, l->window_end, &starts[m], &ends[m]);
 		m++;
@@ -266,6 +273,10 @@ ReadState(EngineRequest *r, bool quotas, bool *missing)
 					missing[t] = true;
 					ok = false;
 				}
+				else if (w->ring >= 0)
+					l->usage = RingUsage(w, r->at,
+										 l->limits.has_hard ? l->limits.hard : l->limits.soft,
+										 l->requested, &l->free_at, &l->reset_at);
 				else
 					l->usage = w->usage + w->reserved;
 			}
@@ -331,15 +342,15 @@ static bool
 LoadTarget(EngineRequest *r, int t, bool wait, bool next)
 {
 	EngineTarget *tg = &r->targets[t];
-	TimestampTz starts[2 * PERIOD_KINDS],
-				ends[2 * PERIOD_KINDS];
+	TimestampTz starts[UG_MAX_LOAD],
+				ends[UG_MAX_LOAD];
 	int			ncur;
 	int			m;
 
 	if (tg->has_windows)
 	{
 		m = TargetWindows(r, t, starts, ends, next, &ncur);
-		if (!LoadWindows(&tg->key, tg->hash, starts, ends, m, wait))
+		if (!LoadWindows(&tg->key, tg->hash, starts, ends, m, wait, r->at))
 			return false;
 	}
 	if (tg->has_rates && !CounterEnsureEntry(&tg->key, tg->hash))
@@ -358,6 +369,18 @@ TableRead(EngineRequest *r)
 
 		if (l->kind != LIMIT_QUOTA || l->target < 0)
 			continue;
+		if (l->length > 0)
+		{
+			/* the ring's rule: since the start of the bucket L before `at` */
+			int64		g = RollingGranularity(l->length);
+			int64		a = r->at >= 0 ? r->at / g : -((-r->at + g - 1) / g);
+
+			l->usage = LedgerWindowSum(r->tenant_id, r->targets[l->target].key.subject_id,
+									   r->feature_key, a * g - l->length, DT_NOEND);
+			/* without the buckets: everything has left one window later */
+			l->free_at = l->reset_at = (a + 1) * g + l->length;
+			continue;
+		}
 		l->usage = LedgerWindowSum(r->tenant_id, r->targets[l->target].key.subject_id,
 								   r->feature_key, l->window_start, l->window_end);
 	}

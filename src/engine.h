@@ -12,6 +12,7 @@
 /* api_key, user, team, tenant: quota key and request-rate key each */
 #define UG_MAX_TARGETS	8
 #define UG_MAX_LIMITS	64
+#define UG_MAX_LOAD		(2 * UG_MAX_WINDOWS)	/* windows loaded for one key at once */
 
 /*
  * One counter key a request reads and, for consume, charges: a feature (or

@@ -73,6 +73,24 @@ static CachedQuery subject_sum_query = {
 	5, {TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID}
 };
 
+/* A rolling window's buckets: sums per bucket of width $4 since $3 */
+static CachedQuery bucket_query = {
+	"SELECT pg_catalog.date_bin($4, occurred_at, '2000-01-01 00:00:00+00'), pg_catalog.sum(amount)"
+	"  FROM usage_guard.usage_events"
+	" WHERE tenant_id = $1 AND feature_key = $2 AND occurred_at >= $3"
+	" GROUP BY 1",
+	4, {TEXTOID, TEXTOID, TIMESTAMPTZOID, INTERVALOID}
+};
+
+static CachedQuery subject_bucket_query = {
+	"SELECT pg_catalog.date_bin($4, occurred_at, '2000-01-01 00:00:00+00'), pg_catalog.sum(amount)"
+	"  FROM usage_guard.usage_events"
+	" WHERE tenant_id = $1 AND feature_key = $2 AND occurred_at >= $3"
+	"   AND subject_path OPERATOR(pg_catalog.@>) ARRAY[$5]"
+	" GROUP BY 1",
+	5, {TEXTOID, TEXTOID, TIMESTAMPTZOID, INTERVALOID, TEXTOID}
+};
+
 static CachedQuery key_query = {
 	"SELECT 1 FROM usage_guard.usage_events"
 	" WHERE tenant_id = $1 AND feature_key = $2 AND idempotency_key = $3",
@@ -141,6 +159,53 @@ LedgerWindowSum(const char *tenant_id, const char *subject_id, const char *featu
 						tenant_id, feature_key),
 				 errdetail("Ledger amounts must have at most %d decimal places.", AMOUNT_SCALE_DIGITS)));
 	return sum;
+}
+
+/*
+ * A rolling window's ledger rows since `since`, summed per bucket of width
+ * g (bucket start times in *starts, sums in *sums; palloc'd).  Latest
+ * snapshot, own rows included, as LedgerWindowSum.
+ */
+int
+LedgerBucketSums(const char *tenant_id, const char *subject_id, const char *feature_key,
+				 TimestampTz since, int64 g, TimestampTz **starts, Amount **sums)
+{
+	Datum		values[5];
+	Interval   *width = palloc0(sizeof(Interval));
+	InternalContext ctx;
+	int			n;
+
+	width->time = g;
+	values[0] = CStringGetTextDatum(tenant_id);
+	values[1] = CStringGetTextDatum(feature_key);
+	values[2] = TimestampTzGetDatum(since);
+	values[3] = IntervalPGetDatum(width);
+	BeginInternal(&ctx, true);
+	RequireWholeLedgerVisible(LedgerRelid());
+	if (subject_id != NULL && subject_id[0] != '\0')
+	{
+		values[4] = CStringGetTextDatum(subject_id);
+		RunQueryLatest(&subject_bucket_query, values, NULL, 0);
+	}
+	else
+		RunQueryLatest(&bucket_query, values, NULL, 0);
+	EndInternal(&ctx);
+	n = (int) SPI_processed;
+	*starts = palloc(sizeof(TimestampTz) * Max(n, 1));
+	*sums = palloc(sizeof(Amount) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		(*starts)[i] = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		if (!NumericToAmount(DatumGetNumeric(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull)),
+							 &(*sums)[i]))
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("usage of tenant \"%s\", feature \"%s\" cannot be represented",
+							tenant_id, feature_key)));
+	}
+	return n;
 }
 
 /* Was this idempotency key already recorded for the tenant's feature (visible to us)? */

@@ -35,16 +35,67 @@
  * instead of waiting for other writers of the key.  False when a window
  * could not be loaded.
  */
+/*
+ * Load a rolling window of `length` as of `at` into a new ring (rolling.c):
+ * the ledger's sums per bucket, minus this transaction's own rows (held as
+ * in flight).  The caller holds the key lock in ExclusiveLock.
+ */
+static bool
+LoadRolling(const CounterKey *key, uint32 hash, TimestampTz start, int64 length,
+			TimestampTz at)
+{
+	int64		g = RollingGranularity(length);
+	int64		n = length / g;
+	int64		a = at >= 0 ? at / g : -((-at + g - 1) / g);
+	int64		head = a;
+	TimestampTz since = (a - n) * g;
+	TimestampTz *bstarts;
+	Amount	   *sums;
+	Amount		total = 0,
+				pos,
+				neg;
+	int			k = LedgerBucketSums(key->tenant_id, key->subject_id, key->feature_key,
+									 since, g, &bstarts, &sums);
+	int32		ring;
+
+	for (int i = 0; i < k; i++)
+		head = Max(head, bstarts[i] / g);
+	ring = RingAlloc(length, head);
+	if (ring < 0)
+		return false;
+	for (int i = 0; i < k; i++)
+	{
+		int64		b = bstarts[i] / g;
+
+		if (b >= head - n)
+		{
+			RingLoadBucket(ring, b, sums[i]);
+			total += sums[i];
+		}
+	}
+	since = (head - n) * g;
+	if (!OwnWritesSince(key, since, ring, &pos, &neg))
+	{
+		RingFree(ring);
+		return false;
+	}
+	if (!CounterAddWindow(key, hash, start, length, total - pos - neg, pos, neg,
+						  GetCurrentTransactionStartTimestamp(), ring))
+		return false;
+	RegisterOwnWritesSince(key, start, length, since);
+	return true;
+}
+
 bool
 LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *starts,
-			const TimestampTz *ends, int n, bool wait)
+			const TimestampTz *ends, int n, bool wait, TimestampTz at)
 {
 	LWLock	   *lock = CounterPartitionLock(hash);
-	bool		missing[2 * PERIOD_KINDS];
+	bool		missing[2 * UG_MAX_WINDOWS];
 	bool		any = false;
 	bool		ok = true;
 
-	Assert(n <= 2 * PERIOD_KINDS);
+	Assert(n <= 2 * UG_MAX_WINDOWS);
 	Assert(CountersUsable());
 
 	LWLockAcquire(lock, LW_SHARED);
@@ -87,6 +138,13 @@ LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *starts,
 		if (present)
 			continue;
 
+		if (IsRollingWindow(starts[i]))
+		{
+			ok = LoadRolling(key, hash, starts[i], ends[i], at);
+			if (!ok)
+				CounterReportFull();
+			continue;
+		}
 		/* our own uncommitted rows are in the sum: they are in flight, not usage */
 		if (!OwnWritesIn(key, starts[i], ends[i], &pos, &neg))
 		{
@@ -95,7 +153,7 @@ LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *starts,
 		}
 		sum = LedgerWindowSum(key->tenant_id, key->subject_id, key->feature_key, starts[i], ends[i]);
 		ok = CounterAddWindow(key, hash, starts[i], ends[i], sum - pos - neg, pos, neg,
-							  GetCurrentTransactionStartTimestamp());
+							  GetCurrentTransactionStartTimestamp(), -1);
 		if (ok)
 			RegisterOwnWritesIn(key, starts[i], ends[i]);
 		else
@@ -128,10 +186,11 @@ RecomputeKey(const CounterEntry *snap)
 					neg;
 
 		/*
-		 * Own writes not known row by row (a bulk load in this transaction):
-		 * drop the window instead; it is loaded again when next needed.
+		 * Own writes not known row by row (a bulk load in this transaction),
+		 * or a rolling window (its ring is rebuilt by the next decision):
+		 * drop the window; it is loaded again when next needed.
 		 */
-		if (!OwnWritesIn(key, w->start, w->end, &pos, &neg))
+		if (w->ring >= 0 || !OwnWritesIn(key, w->start, w->end, &pos, &neg))
 		{
 			CounterRemoveWindow(key, hash, w->start, w->end);
 			continue;

@@ -59,10 +59,12 @@ static CachedQuery chain_query = {
  */
 static CachedQuery limits_query = {
 	"SELECT DISTINCT ON (c.ord, l.limit_kind, coalesce(l.feature_key, ''),"
-	"                    coalesce(l.period::text, ''), coalesce(l.per, interval '0'))"
+	"                    coalesce(l.period::text, ''), coalesce(l.per, interval '0'),"
+	"                    coalesce(l.rolling, interval '0'))"
 	"       c.ord::int4, l.limit_kind, l.feature_key, l.period::text,"
 	"       (extract(epoch FROM l.per) * 1000000)::int8,"
-	"       l.soft_limit, l.hard_limit, l.burst"
+	"       l.soft_limit, l.hard_limit, l.burst,"
+	"       (extract(epoch FROM l.rolling) * 1000000)::int8"
 	"  FROM unnest($3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS c(subject_id, level, role, ord)"
 	"  JOIN usage_guard.subject_limits l ON l.level = c.level"
 	"   AND ((l.tenant_id = $1 AND l.subject_id IS NOT DISTINCT FROM nullif(c.subject_id, ''))"
@@ -72,7 +74,7 @@ static CachedQuery limits_query = {
 	"    OR (l.limit_kind = 'rate' AND (l.feature_key IS NULL OR l.feature_key = $7))"
 	"    OR l.limit_kind = 'concurrency'"
 	" ORDER BY c.ord, l.limit_kind, coalesce(l.feature_key, ''), coalesce(l.period::text, ''),"
-	"          coalesce(l.per, interval '0'),"
+	"          coalesce(l.per, interval '0'), coalesce(l.rolling, interval '0'),"
 	"          CASE WHEN l.tenant_id IS NOT NULL THEN 0 WHEN l.role IS NOT NULL THEN 1 ELSE 2 END",
 	7, {TEXTOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTOID, TEXTOID}
 };
@@ -214,7 +216,9 @@ LoadSubjectPolicy(const char *tenant_id, const char *subject_id, const char *fea
 			{
 				char	   *period = ResultText(i, 4, &isnull);
 
-				if (!PeriodKindFromName(period, &l->period))
+				if (isnull)
+					l->rolling = DatumGetInt64(ResultDatum(i, 9, &isnull));
+				else if (!PeriodKindFromName(period, &l->period))
 					elog(ERROR, "usage_guard: unknown period \"%s\"", period);
 			}
 			if (l->kind == LIMIT_RATE)

@@ -27,6 +27,7 @@ typedef struct SubjectLimit
 	bool		counts_requests;	/* rate limit of requests, not of the feature */
 	PeriodKind	period;			/* quota */
 	int64		length;			/* rate: microseconds */
+	int64		rolling;		/* quota over a rolling window: its length; 0 calendar */
 	LimitPair	limits;
 	Amount		burst;
 } SubjectLimit;

@@ -34,6 +34,7 @@ ShmemRequest(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	CountersShmemRequest();
+	RollingShmemRequest();
 	MetricsShmemRequest();
 }
 
@@ -43,6 +44,9 @@ ShmemStartup(void)
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	CountersShmemStartup();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	RollingShmemStartup();
+	LWLockRelease(AddinShmemInitLock);
 	MetricsShmemStartup();
 }
 
@@ -76,6 +80,15 @@ _PG_init(void)
 								"Each holds up to 8 live windows; beyond this, idle ones are evicted and reloaded from the ledger when needed.",
 								&usage_guard_max_counters,
 								20000, 100, 10000000,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+
+		DefineCustomIntVariable("usage_guard.rolling_buckets",
+								"How many buckets (16 bytes each) the rolling windows in shared memory may use in all.",
+								"A rolling window of up to 24 hours has one bucket per minute, a longer one one per hour, plus one; beyond this, decisions over rolling windows take the table path.",
+								&usage_guard_rolling_buckets,
+								262144, 1024, 100000000,
 								PGC_POSTMASTER,
 								0,
 								NULL, NULL, NULL);

@@ -200,6 +200,9 @@ extern void LookupLedger(Oid ledger, Oid *owner, bool *rowsecurity);
 /* ledger.c */
 extern Amount LedgerWindowSum(const char *tenant_id, const char *subject_id,
 							  const char *feature_key, TimestampTz start, TimestampTz end);
+extern int	LedgerBucketSums(const char *tenant_id, const char *subject_id,
+							 const char *feature_key, TimestampTz since, int64 g,
+							 TimestampTz **starts, Amount **sums);
 extern LocalWrite *CountLedgerRow(const char *tenant_id, const char *subject_id,
 								  const char *feature_key, TimestampTz at, Amount amount,
 								  bool undoable);

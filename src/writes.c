@@ -127,8 +127,10 @@ RegisterWrite(CounterEntry *entry, LocalWrite *w)
 	for (int i = 0; i < entry->nwindows; i++)
 	{
 		CounterWindow *win = &entry->windows[i];
+		bool		in = win->ring >= 0 ? (!w->scoped && RingContains(win, w->at)) :
+			InWindow(w, win->start, win->end);
 
-		if (!InWindow(w, win->start, win->end) || Registered(w, win->start, win->end))
+		if (!in || Registered(w, win->start, win->end))
 			continue;
 		if (w->amount >= 0)
 			win->reserved += w->amount;
@@ -159,6 +161,10 @@ SameRegistrations(const LocalWrite *a, const LocalWrite *b)
 {
 	if (a->nregistered != b->nregistered)
 		return false;
+	/* a rolling window needs each write's own time: no merging across times */
+	for (int i = 0; a->at != b->at && i < a->nregistered; i++)
+		if (IsRollingWindow(a->reg_start[i]))
+			return false;
 	for (int i = 0; i < a->nregistered; i++)
 		if (!Registered(b, a->reg_start[i], a->reg_end[i]))
 			return false;
@@ -262,7 +268,7 @@ Settle(LocalWrite *w, bool commit)
 			else
 				win->credit -= w->amount;
 			if (commit)
-				win->usage += w->amount;
+				WindowCommit(win, w->at, w->amount);
 		}
 	}
 	LWLockRelease(lock);
@@ -314,6 +320,48 @@ OwnWritesIn(const CounterKey *key, TimestampTz start, TimestampTz end,
 			*negative += w->amount;
 	}
 	return true;
+}
+
+/*
+ * Own writes of a key at or after `since` (a rolling window being loaded),
+ * each taken out of its bucket of `ring`, by sign.  False when they are not
+ * known row by row.
+ */
+bool
+OwnWritesSince(const CounterKey *key, TimestampTz since, int32 ring,
+			   Amount *positive, Amount *negative)
+{
+	*positive = 0;
+	*negative = 0;
+	if (unloadable != NULL && hash_search(unloadable, key, HASH_FIND, NULL) != NULL)
+		return false;
+	for (LocalWrite *w = writes; w != NULL; w = w->next)
+	{
+		if (memcmp(&w->key, key, sizeof(CounterKey)) != 0 || w->scoped)
+			continue;
+		if (w->mixed)
+			return false;
+		if (w->at < since)
+			continue;
+		RingLoadBucket(ring, RingBucketNo(ring, w->at), -w->amount);
+		if (w->amount >= 0)
+			*positive += w->amount;
+		else
+			*negative += w->amount;
+	}
+	return true;
+}
+
+/* After loading a rolling window: settle our own writes since `since` there */
+void
+RegisterOwnWritesSince(const CounterKey *key, TimestampTz start, TimestampTz end,
+					   TimestampTz since)
+{
+	for (LocalWrite *w = writes; w != NULL; w = w->next)
+	{
+		if (!w->scoped && w->at >= since && memcmp(&w->key, key, sizeof(CounterKey)) == 0)
+			AddRegistration(w, start, end);
+	}
 }
 
 /* After loading [start, end) with our own writes as reserved: settle them there too */

@@ -19,18 +19,19 @@
 CREATE FUNCTION usage_guard.live_counters(
     OUT tenant_id text, OUT feature_key text,
     OUT window_start timestamptz, OUT window_end timestamptz,
-    OUT usage numeric, OUT reserved numeric, OUT credit numeric)
+    OUT usage numeric, OUT reserved numeric, OUT credit numeric,
+    OUT subject_id text)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'usage_guard_counters'
 LANGUAGE C STRICT VOLATILE;
 COMMENT ON FUNCTION usage_guard.live_counters() IS
-    'Every live window of this database in shared memory: committed usage, reserved (positive, in flight) and credit (negative, in flight)';
+    'Every live window of this database in shared memory: committed usage, reserved (positive, in flight) and credit (negative, in flight); subject_id NULL for the tenant level, a rolling window shown as the last interval before now';
 
 CREATE VIEW usage_guard.usage_counters AS
-    SELECT tenant_id, feature_key, window_start, window_end, usage, reserved, credit
+    SELECT tenant_id, feature_key, window_start, window_end, usage, reserved, credit, subject_id
       FROM usage_guard.live_counters();
 COMMENT ON VIEW usage_guard.usage_counters IS
-    'Live counters per tenant, feature and window, kept in shared memory in step with the ledger (committed usage, in-flight reservations and credits); empty without shared_preload_libraries';
+    'Live counters per tenant (or subject), feature and window, kept in shared memory in step with the ledger (committed usage, in-flight reservations and credits); empty without shared_preload_libraries';
 
 CREATE FUNCTION usage_guard.reset_counters()
 RETURNS bigint

@@ -96,7 +96,8 @@ CREATE TRIGGER subjects_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
 -- and subject_id; subject_id NULL with level 'tenant' for the tenant).  For
 -- the same level, kind, feature and window, a subject's own row replaces
 -- its role's, which replaces its plan's.
---   quota:       feature_key, period, soft_limit and/or hard_limit (units per window)
+--   quota:       feature_key, a calendar period or a rolling interval (1 minute
+--                to 90 days), soft_limit and/or hard_limit (units per window)
 --   rate:        hard_limit units per `per` (1 second to 1 hour), optional burst;
 --                feature_key NULL counts requests, else the feature's amount
 --   concurrency: hard_limit leases held at once (feature_key NULL)
@@ -110,6 +111,7 @@ CREATE TABLE usage_guard.subject_limits (
     limit_kind  text NOT NULL,
     feature_key text REFERENCES usage_guard.features ON UPDATE CASCADE ON DELETE CASCADE,
     period      usage_guard.period_kind,
+    rolling     interval,
     per         interval,
     soft_limit  numeric,
     hard_limit  numeric,
@@ -124,11 +126,11 @@ CREATE TABLE usage_guard.subject_limits (
         AND (role IS NULL OR level <> 'tenant')),
     CONSTRAINT subject_limits_kind_check CHECK (CASE limit_kind
         WHEN 'quota' THEN feature_key IS NOT NULL AND per IS NULL AND burst IS NULL
-             AND period IS NOT NULL
+             AND (period IS NULL) <> (rolling IS NULL)
              AND (soft_limit IS NOT NULL OR hard_limit IS NOT NULL)
-        WHEN 'rate' THEN period IS NULL AND soft_limit IS NULL AND hard_limit IS NOT NULL
-             AND per IS NOT NULL
-        WHEN 'concurrency' THEN feature_key IS NULL AND period IS NULL AND per IS NULL
+        WHEN 'rate' THEN period IS NULL AND rolling IS NULL AND soft_limit IS NULL
+             AND hard_limit IS NOT NULL AND per IS NOT NULL
+        WHEN 'concurrency' THEN feature_key IS NULL AND period IS NULL AND rolling IS NULL AND per IS NULL
              AND soft_limit IS NULL AND burst IS NULL AND hard_limit IS NOT NULL
         ELSE false END),
     CONSTRAINT subject_limits_values_check CHECK (
@@ -141,11 +143,20 @@ CREATE TABLE usage_guard.subject_limits (
         per >= interval '1 second' AND per <= interval '1 hour'
         AND extract(epoch FROM per) = trunc(extract(epoch FROM per))
         AND extract(day FROM per) = 0 AND extract(month FROM per) = 0)),
+    -- whole minutes up to 24 hours, whole hours beyond, at most 90 days
+    -- (the granularity of its buckets; docs/architecture.md, "Rolling windows")
+    CONSTRAINT subject_limits_rolling_check CHECK (rolling IS NULL OR (
+        rolling >= interval '1 minute' AND rolling <= interval '90 days'
+        AND extract(month FROM rolling) = 0
+        AND extract(epoch FROM rolling) = trunc(extract(epoch FROM rolling) / 60) * 60
+        AND (rolling <= interval '24 hours'
+             OR extract(epoch FROM rolling) = trunc(extract(epoch FROM rolling) / 3600) * 3600))),
     CONSTRAINT subject_limits_role_check CHECK (role IS NULL OR octet_length(role) BETWEEN 1 AND 255)
 );
 CREATE UNIQUE INDEX subject_limits_one_per_window ON usage_guard.subject_limits (
     coalesce(plan_code, ''), coalesce(role, ''), coalesce(tenant_id, ''), coalesce(subject_id, ''),
-    level, limit_kind, coalesce(feature_key, ''), coalesce(period, ''), coalesce(per, interval '0'));
+    level, limit_kind, coalesce(feature_key, ''), coalesce(period, ''), coalesce(per, interval '0'),
+    coalesce(rolling, interval '0'));
 COMMENT ON TABLE usage_guard.subject_limits IS
     'Gateway limits: quotas, rate limits (GCRA) and concurrency limits per level (api_key, user, team, tenant), attached to a plan, a role or one subject; a subject''s own row replaces its role''s, which replaces its plan''s';
 CREATE TRIGGER subject_limits_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
