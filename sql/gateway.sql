@@ -183,3 +183,16 @@ SELECT allowed, level, subject_id, limit_kind, period
 
 -- the live counters equal the ledger at every level
 SELECT usage_guard.reset_counters() >= 0 AS recomputed;
+
+-- usage_status names the plan (the tier)
+SELECT DISTINCT plan_code FROM usage_guard.usage_status('gw', '2025-11-18 12:00+00');
+
+-- metrics: limits judged and refusals by kind and level, live leases by level
+SELECT metric, labels->>'limit_kind' AS kind, labels->>'level' AS level, value > 0 AS counted
+  FROM usage_guard.metrics()
+ WHERE metric IN ('usage_guard_limit_checks_total', 'usage_guard_limit_refusals_total')
+   AND labels->>'plan_code' = 'gw_pro'
+ ORDER BY 1, 2, 3;
+SELECT labels->>'level' AS level, value >= 0 AS ok FROM usage_guard.metrics()
+ WHERE metric = 'usage_guard_leases' ORDER BY 1;
+SELECT usage_guard.metrics_text() LIKE '%# TYPE usage_guard_leases gauge%' AS has_leases_family;

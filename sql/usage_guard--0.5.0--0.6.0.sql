@@ -295,6 +295,101 @@ REVOKE ALL ON FUNCTION usage_guard.live_counters() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION usage_guard.live_counters() TO usage_guard_admin;
 GRANT SELECT ON usage_guard.usage_counters TO usage_guard_admin;
 
+-- Metrics: limits judged and refusals by kind and level, live leases
+COMMENT ON FUNCTION usage_guard.metrics() IS
+    'Metrics of this database as rows: usage_guard_decisions_total{decision,plan_code} (enforcing calls), usage_guard_checks_total{decision,plan_code} (usage_check), usage_guard_limit_hits_total{plan_code,limit_type,feature_key} (enforcing calls), usage_guard_policy_errors_total{reason,plan_code}, usage_guard_decision_duration_seconds (histogram, whole server), usage_guard_metrics_dropped_total, usage_guard_limit_checks_total{limit_kind,level,plan_code}, usage_guard_limit_refusals_total{limit_kind,level,plan_code}, usage_guard_leases{level}; empty without shared_preload_libraries';
+CREATE OR REPLACE FUNCTION usage_guard.metrics_text()
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    WITH m AS (
+        SELECT metric, labels, value,
+               regexp_replace(metric, '_(bucket|sum|count)$', '') AS family
+          FROM usage_guard.metrics()
+    ), families (family, kind, help) AS (
+        VALUES ('usage_guard_decisions_total', 'counter',
+                'Enforcing evaluations (usage_consume, usage_enforce, metered INSERT) by decision and plan.'),
+               ('usage_guard_checks_total', 'counter',
+                'Side-effect-free checks (usage_check) by decision and plan; not in decisions or limit hits.'),
+               ('usage_guard_limit_hits_total', 'counter',
+                'Soft and hard limit hits of enforcing evaluations by plan, limit type and feature.'),
+               ('usage_guard_policy_errors_total', 'counter',
+                'Requests refused because the tenant has no active subscription (usage_policy_configuration_error), by reason.'),
+               ('usage_guard_decision_duration_seconds', 'histogram',
+                'Time to decide, measured inside the server (all databases).'),
+               ('usage_guard_limit_checks_total', 'counter',
+                'Limits judged by enforcing calls, once per call for each limit kind (quota, rate, concurrency) and subject level.'),
+               ('usage_guard_limit_refusals_total', 'counter',
+                'Refusals by the kind (quota, rate, concurrency) and subject level of the deciding limit.'),
+               ('usage_guard_leases', 'gauge',
+                'Live concurrency leases by subject level (a lease holds a slot at every level of its subject).'),
+               ('usage_guard_metrics_dropped_total', 'counter',
+                'Increments lost because the series table was full.')
+    ), lines AS (
+        SELECT f.family, 0 AS part, 0::float8 AS sortnum, '' AS sortkey,
+               format(E'# HELP %s %s\n# TYPE %s %s', f.family, f.help, f.family, f.kind) AS line
+          FROM families f
+        UNION ALL
+        SELECT m.family, 1,
+               CASE WHEN m.metric NOT LIKE '%\_bucket' THEN 0
+                    WHEN m.labels ->> 'le' = '+Inf' THEN 'Infinity'::float8
+                    ELSE (m.labels ->> 'le')::float8 END,
+               m.metric || m.labels::text,
+               m.metric
+               || CASE WHEN m.labels = '{}'::jsonb THEN ''
+                       ELSE '{' || (SELECT string_agg(format('%s="%s"', k,
+                                          replace(replace(replace(v, E'\\', E'\\\\'), '"', E'\\"'), E'\n', E'\\n')),
+                                          ',' ORDER BY k)
+                                      FROM jsonb_each_text(m.labels) AS l(k, v)) || '}' END
+               || ' ' || CASE WHEN m.value = trunc(m.value) AND abs(m.value) < 1e15
+                              THEN trunc(m.value)::bigint::text ELSE m.value::text END
+          FROM m
+    )
+    SELECT string_agg(line, E'\n' ORDER BY family, part, sortnum, sortkey) || E'\n'
+      FROM lines;
+END;
+
+-- usage_status says the tenant's plan (seed 004's status shows the tier)
+DROP FUNCTION usage_guard.usage_status(text, timestamptz);
+CREATE FUNCTION usage_guard.usage_status(tenant_id text, at timestamptz DEFAULT now())
+RETURNS TABLE (feature_key text, unit text, period text, usage numeric, soft_limit numeric,
+               hard_limit numeric, remaining numeric, percent_used numeric, status text,
+               window_start timestamptz, window_end timestamptz, resets_at timestamptz,
+               limit_source text, plan_code text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_tenant ALIAS FOR $1;
+    p_at     ALIAS FOR $2;
+    v_status text;
+    v_plan   text;
+BEGIN
+    IF p_tenant IS NULL OR p_at IS NULL THEN
+        RAISE EXCEPTION 'tenant_id and at must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT s.status, s.plan_code INTO v_status, v_plan
+      FROM usage_guard.tenant_subscriptions s WHERE s.tenant_id = p_tenant;
+    IF NOT FOUND THEN
+        SELECT 'active', p.plan_code INTO v_status, v_plan FROM usage_guard.plans p WHERE p.is_default;
+    END IF;
+    IF NOT FOUND OR v_status NOT IN ('active', 'trialing') THEN
+        PERFORM usage_guard.raise_policy_error(p_tenant, NULL, v_plan, v_status);
+    END IF;
+    RETURN QUERY
+    SELECT w.feature_key, w.unit, w.period, w.usage, w.soft_limit, w.hard_limit, w.remaining,
+           w.percent_used, usage_guard.limit_status(w.usage, w.soft_limit, w.hard_limit),
+           w.window_start, w.window_end, w.window_end, w.limit_source, v_plan
+      FROM usage_guard.limit_windows(p_tenant, p_at) w
+     ORDER BY w.feature_key, usage_guard.window_length(w.window_start, w.window_end), w.period;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.usage_status(text, timestamptz) IS
+    'Every limited window of a tenant''s features at an instant: committed usage, limits, remaining, status, when the window resets, and the tenant''s plan (its tier); UG003 without an active subscription';
+REVOKE ALL ON FUNCTION usage_guard.usage_status(text, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION usage_guard.usage_status(text, timestamptz) TO usage_guard_reader;
+
 -- Privileges of the new objects (sql/src/privileges.sql)
 REVOKE ALL ON FUNCTION
     usage_guard.subjects_check_levels(),

@@ -11,6 +11,7 @@
  */
 #include "postgres.h"
 
+#include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -33,7 +34,9 @@ typedef enum MetricKind
 	METRIC_DECISION,
 	METRIC_LIMIT_HIT,
 	METRIC_POLICY_ERROR,
-	METRIC_CHECK
+	METRIC_CHECK,
+	METRIC_LIMIT_CHECK,			/* code = LimitKind, feature_key = level */
+	METRIC_LIMIT_REFUSAL		/* code = LimitKind, feature_key = level */
 } MetricKind;
 
 typedef struct MetricKey
@@ -174,15 +177,37 @@ MetricsCountCheck(const Decision *d)
 		Increment(METRIC_CHECK, d->kind, d->plan_code, NULL);
 }
 
+static int
+LevelIndex(const char *level)
+{
+	return strcmp(level, "api_key") == 0 ? 0 : strcmp(level, "user") == 0 ? 1 :
+		strcmp(level, "team") == 0 ? 2 : 3;
+}
+
 /* Count an enforcing decision (and its limit hit); log the hit if asked */
 void
 MetricsCountDecision(const Decision *d, bool log_hit)
 {
 	if (metrics != NULL)
 	{
+		uint32		seen = 0;
+
 		Increment(METRIC_DECISION, d->kind, d->plan_code, NULL);
 		if (d->kind != DECISION_ALLOW)
 			Increment(METRIC_LIMIT_HIT, d->limit_is_hard ? 1 : 0, d->plan_code, d->feature_key);
+		/* limits judged, once per kind and level; the refusing one by kind and level */
+		for (int i = 0; i < d->nlimits; i++)
+		{
+			const FeatureLimit *l = &d->limits[i];
+			int			bit = l->kind * 4 + LevelIndex(l->level);
+
+			if (seen & (1u << bit))
+				continue;
+			seen |= (1u << bit);
+			Increment(METRIC_LIMIT_CHECK, l->kind, d->plan_code, l->level);
+		}
+		if (!d->allowed && d->window != NULL)
+			Increment(METRIC_LIMIT_REFUSAL, d->window->kind, d->plan_code, d->window->level);
 	}
 	if (log_hit && d->kind != DECISION_ALLOW && usage_guard_log_limit_hits)
 	{
@@ -243,6 +268,42 @@ JsonString(const char *s)
 	return buf.data;
 }
 
+/*
+ * usage_guard_leases{level}: live leases per subject level, from the
+ * leases table (read as the ledger's owner; absent before 0.6.0's SQL).
+ */
+static void
+PutLeaseRows(ReturnSetInfo *rsinfo)
+{
+	static const char *const levels[] = {"api_key", "user", "team", "tenant"};
+	int64		counts[4] = {0};
+	InternalContext ctx;
+
+	if (!OidIsValid(UsageGuardRelid("leases")))
+		return;
+	SPI_connect();
+	BeginInternal(&ctx, true);
+	if (SPI_execute("SELECT level, count(*)::int8 FROM usage_guard.leases"
+					" WHERE released_at IS NULL AND expires_at > pg_catalog.now() GROUP BY level",
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "usage_guard: could not count leases");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		char	   *level = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		int64		n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+
+		for (int k = 0; k < 4; k++)
+			if (level && strcmp(level, levels[k]) == 0)
+				counts[k] = n;
+	}
+	EndInternal(&ctx);
+	SPI_finish();
+	for (int k = 0; k < 4; k++)
+		PutRow(rsinfo, "usage_guard_leases", psprintf("{\"level\": \"%s\"}", levels[k]),
+			   (double) counts[k]);
+}
+
 PG_FUNCTION_INFO_V1(usage_guard_metrics);
 /* usage_guard.metrics(): every series of this database, and the latency histogram */
 Datum
@@ -288,6 +349,12 @@ usage_guard_metrics(PG_FUNCTION_ARGS)
 			PutRow(rsinfo, "usage_guard_decisions_total",
 				   psprintf("{\"decision\": %s, \"plan_code\": %s}",
 							JsonString(decisions[c->key.code]), JsonString(c->key.plan_code)), v);
+		else if (c->key.kind == METRIC_LIMIT_CHECK || c->key.kind == METRIC_LIMIT_REFUSAL)
+			PutRow(rsinfo, c->key.kind == METRIC_LIMIT_CHECK ? "usage_guard_limit_checks_total"
+				   : "usage_guard_limit_refusals_total",
+				   psprintf("{\"limit_kind\": %s, \"level\": %s, \"plan_code\": %s}",
+							JsonString(LimitKindName((LimitKind) c->key.code)),
+							JsonString(c->key.feature_key), JsonString(c->key.plan_code)), v);
 		else if (c->key.kind == METRIC_POLICY_ERROR)
 			PutRow(rsinfo, "usage_guard_policy_errors_total",
 				   psprintf("{\"reason\": %s, \"plan_code\": %s}",
@@ -315,5 +382,6 @@ usage_guard_metrics(PG_FUNCTION_ARGS)
 		   (double) pg_atomic_read_u64(&metrics->latency_count));
 	PutRow(rsinfo, "usage_guard_metrics_dropped_total", "{}",
 		   (double) pg_atomic_read_u64(&metrics->dropped));
+	PutLeaseRows(rsinfo);
 	return (Datum) 0;
 }

@@ -64,7 +64,7 @@ RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'usage_guard_metrics'
 LANGUAGE C STRICT VOLATILE;
 COMMENT ON FUNCTION usage_guard.metrics() IS
-    'Metrics of this database as rows: usage_guard_decisions_total{decision,plan_code} (enforcing calls), usage_guard_checks_total{decision,plan_code} (usage_check), usage_guard_limit_hits_total{plan_code,limit_type,feature_key} (enforcing calls), usage_guard_policy_errors_total{reason,plan_code}, usage_guard_decision_duration_seconds (histogram, whole server), usage_guard_metrics_dropped_total; empty without shared_preload_libraries';
+    'Metrics of this database as rows: usage_guard_decisions_total{decision,plan_code} (enforcing calls), usage_guard_checks_total{decision,plan_code} (usage_check), usage_guard_limit_hits_total{plan_code,limit_type,feature_key} (enforcing calls), usage_guard_policy_errors_total{reason,plan_code}, usage_guard_decision_duration_seconds (histogram, whole server), usage_guard_metrics_dropped_total, usage_guard_limit_checks_total{limit_kind,level,plan_code}, usage_guard_limit_refusals_total{limit_kind,level,plan_code}, usage_guard_leases{level}; empty without shared_preload_libraries';
 
 CREATE FUNCTION usage_guard.metrics_text()
 RETURNS text
@@ -86,6 +86,12 @@ BEGIN ATOMIC
                 'Requests refused because the tenant has no active subscription (usage_policy_configuration_error), by reason.'),
                ('usage_guard_decision_duration_seconds', 'histogram',
                 'Time to decide, measured inside the server (all databases).'),
+               ('usage_guard_limit_checks_total', 'counter',
+                'Limits judged by enforcing calls, once per call for each limit kind (quota, rate, concurrency) and subject level.'),
+               ('usage_guard_limit_refusals_total', 'counter',
+                'Refusals by the kind (quota, rate, concurrency) and subject level of the deciding limit.'),
+               ('usage_guard_leases', 'gauge',
+                'Live concurrency leases by subject level (a lease holds a slot at every level of its subject).'),
                ('usage_guard_metrics_dropped_total', 'counter',
                 'Increments lost because the series table was full.')
     ), lines AS (

@@ -211,7 +211,7 @@ CREATE FUNCTION usage_guard.usage_status(tenant_id text, at timestamptz DEFAULT 
 RETURNS TABLE (feature_key text, unit text, period text, usage numeric, soft_limit numeric,
                hard_limit numeric, remaining numeric, percent_used numeric, status text,
                window_start timestamptz, window_end timestamptz, resets_at timestamptz,
-               limit_source text)
+               limit_source text, plan_code text)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -235,13 +235,13 @@ BEGIN
     RETURN QUERY
     SELECT w.feature_key, w.unit, w.period, w.usage, w.soft_limit, w.hard_limit, w.remaining,
            w.percent_used, usage_guard.limit_status(w.usage, w.soft_limit, w.hard_limit),
-           w.window_start, w.window_end, w.window_end, w.limit_source
+           w.window_start, w.window_end, w.window_end, w.limit_source, v_plan
       FROM usage_guard.limit_windows(p_tenant, p_at) w
      ORDER BY w.feature_key, usage_guard.window_length(w.window_start, w.window_end), w.period;
 END
 $$;
 COMMENT ON FUNCTION usage_guard.usage_status(text, timestamptz) IS
-    'Every limited window of a tenant''s features at an instant: committed usage, limits, remaining, status and when the window resets; UG003 without an active subscription';
+    'Every limited window of a tenant''s features at an instant: committed usage, limits, remaining, status, when the window resets, and the tenant''s plan (its tier); UG003 without an active subscription';
 
 --------------------------------------------------------------------------
 -- Reports
