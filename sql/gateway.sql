@@ -124,6 +124,10 @@ SELECT allowed, lease_id IS NOT NULL AS has_lease, recorded
   FROM usage_guard.request_consume('gw', 'key-1', 'gw_tokens', 1, lease_ttl => '30 seconds', at => now());
 SELECT level, count(*) FROM usage_guard.leases WHERE tenant_id = 'gw' GROUP BY level ORDER BY level;
 
+-- ended leases are history: purge_leases removes those ended before now - keep
+SELECT usage_guard.purge_leases('1 hour');
+SELECT usage_guard.purge_leases('-2 minutes') >= 2 AS purged_expired;
+
 -- bad input: a clear error, nothing changed
 SELECT usage_guard.lease_release('gw', '00000000-0000-4000-8000-000000000000');
 SELECT usage_guard.lease_acquire('gw', 'key-2', '0 seconds');

@@ -202,6 +202,23 @@ CREATE INDEX leases_live ON usage_guard.leases (tenant_id, holder_id, expires_at
 COMMENT ON TABLE usage_guard.leases IS
     'Concurrency leases: one row per level a lease holds a slot at; live while released_at IS NULL and expires_at is in the future';
 
+-- Leases that ended (released or expired) more than `keep` ago are only
+-- history; lease counting never reads them, but they take space.
+CREATE FUNCTION usage_guard.purge_leases(keep interval DEFAULT '1 day')
+RETURNS bigint
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    WITH gone AS (
+        DELETE FROM usage_guard.leases
+         WHERE coalesce(least(released_at, expires_at), expires_at) < now() - keep
+        RETURNING 1)
+    SELECT count(*) FROM gone;
+END;
+COMMENT ON FUNCTION usage_guard.purge_leases(interval) IS
+    'Deletes lease rows that ended (released or expired) more than keep ago; returns how many rows went. Schedule it with pg_cron next to refresh_rollups';
+
 SELECT pg_catalog.pg_extension_config_dump('usage_guard.subjects', '');
 SELECT pg_catalog.pg_extension_config_dump('usage_guard.subject_limits', '');
 SELECT pg_catalog.pg_extension_config_dump('usage_guard.leases', '');
@@ -397,7 +414,8 @@ REVOKE ALL ON FUNCTION
     usage_guard.request_consume(text, text, text, numeric, text, jsonb, interval, timestamptz),
     usage_guard.request_enforce(text, text, text, numeric, text, jsonb, interval, timestamptz),
     usage_guard.lease_acquire(text, text, interval, timestamptz),
-    usage_guard.lease_release(text, uuid)
+    usage_guard.lease_release(text, uuid),
+    usage_guard.purge_leases(interval)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     usage_guard.request_check(text, text, text, numeric, timestamptz),
@@ -411,3 +429,4 @@ GRANT SELECT ON usage_guard.subjects, usage_guard.subject_limits, usage_guard.le
 GRANT SELECT, INSERT, UPDATE, DELETE ON usage_guard.subjects, usage_guard.subject_limits
     TO usage_guard_admin;
 GRANT SELECT, DELETE ON usage_guard.leases TO usage_guard_admin;
+GRANT EXECUTE ON FUNCTION usage_guard.purge_leases(interval) TO usage_guard_admin;

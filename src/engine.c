@@ -432,6 +432,8 @@ EngineCheck(EngineRequest *r)
 	return Evaluate(r);
 }
 
+static void ReleaseKeyLocks(EngineRequest *r, LOCKMODE mode);
+
 /*
  * Decide and, when allowed, charge every level in shared memory at once.
  * False: shared memory cannot hold the state (the caller takes the table
@@ -491,6 +493,14 @@ FastConsume(EngineRequest *r, Decision **d)
 			if ((*d)->allowed)
 				Apply(r, true);
 			UnlockPartitions(parts, nparts);
+			/*
+			 * Refused: nothing of this call is in flight, so its writer locks
+			 * go now (a lock held by an earlier write of the transaction stays:
+			 * the lock manager counts acquisitions).  Otherwise an idle
+			 * transaction whose request was refused would block window loads.
+			 */
+			if (!(*d)->allowed)
+				ReleaseKeyLocks(r, RowExclusiveLock);
 			/* have the next windows ready before their period starts */
 			for (int t = 0; t < r->ntargets; t++)
 				if (r->targets[t].has_windows)
@@ -504,6 +514,15 @@ FastConsume(EngineRequest *r, Decision **d)
 				return false;
 	}
 	return false;
+}
+
+/* Give back the key locks this call took on its charged targets */
+static void
+ReleaseKeyLocks(EngineRequest *r, LOCKMODE mode)
+{
+	for (int t = r->ntargets - 1; t >= 0; t--)
+		if (r->targets[t].charge)
+			UnlockCounterKey(&r->targets[t].key, r->targets[t].hash, mode);
 }
 
 /*
@@ -531,7 +550,10 @@ TableConsume(EngineRequest *r)
 	if (!usable)
 	{
 		EngineReportTablePath();
-		return Evaluate(r);
+		d = Evaluate(r);
+		if (!d->allowed)
+			ReleaseKeyLocks(r, ExclusiveLock);
+		return d;
 	}
 	LockPartitions(parts, nparts, LW_EXCLUSIVE);
 	(void) ReadState(r, false, missing);
@@ -539,6 +561,8 @@ TableConsume(EngineRequest *r)
 	if (d->allowed)
 		Apply(r, true);
 	UnlockPartitions(parts, nparts);
+	if (!d->allowed)
+		ReleaseKeyLocks(r, ExclusiveLock);
 	return d;
 }
 

@@ -186,6 +186,23 @@ CREATE INDEX leases_live ON usage_guard.leases (tenant_id, holder_id, expires_at
 COMMENT ON TABLE usage_guard.leases IS
     'Concurrency leases: one row per level a lease holds a slot at; live while released_at IS NULL and expires_at is in the future';
 
+-- Leases that ended (released or expired) more than `keep` ago are only
+-- history; lease counting never reads them, but they take space.
+CREATE FUNCTION usage_guard.purge_leases(keep interval DEFAULT '1 day')
+RETURNS bigint
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+BEGIN ATOMIC
+    WITH gone AS (
+        DELETE FROM usage_guard.leases
+         WHERE coalesce(least(released_at, expires_at), expires_at) < now() - keep
+        RETURNING 1)
+    SELECT count(*) FROM gone;
+END;
+COMMENT ON FUNCTION usage_guard.purge_leases(interval) IS
+    'Deletes lease rows that ended (released or expired) more than keep ago; returns how many rows went. Schedule it with pg_cron next to refresh_rollups';
+
 SELECT pg_catalog.pg_extension_config_dump('usage_guard.subjects', '');
 SELECT pg_catalog.pg_extension_config_dump('usage_guard.subject_limits', '');
 SELECT pg_catalog.pg_extension_config_dump('usage_guard.leases', '');

@@ -113,5 +113,6 @@ GRANT EXECUTE ON FUNCTION
     usage_guard.meter_table(regclass, text, name, name),
     usage_guard.unmeter_table(regclass, text),
     usage_guard.metering_trigger(regclass, text),
-    usage_guard.meter_row()
+    usage_guard.meter_row(),
+    usage_guard.purge_leases(interval)
     TO usage_guard_admin;
