@@ -100,6 +100,19 @@ SELECT allowed, level, limit_kind, period, retry_after
 -- more than the burst: never
 SELECT allowed, level, limit_kind, retry_after
   FROM usage_guard.request_consume('gw', 'key-1', 'gw_tokens', 60, at => '2025-11-18 12:05:00+00');
+-- rate limits only (no quota, no ledger row): key-1's 2 requests/second
+SELECT allowed, limit_kind, level, remaining
+  FROM usage_guard.request_throttle('gw', 'key-1', at => '2025-11-18 12:06:00+00');
+SELECT allowed, limit_kind, level, remaining
+  FROM usage_guard.request_throttle('gw', 'key-1', at => '2025-11-18 12:06:00+00');
+SELECT allowed, limit_kind, level, retry_after
+  FROM usage_guard.request_throttle('gw', 'key-1', at => '2025-11-18 12:06:00+00');
+-- with a feature: its token rate at the user level too (50 per minute)
+SELECT allowed, limit_kind, level, period, retry_after
+  FROM usage_guard.request_throttle('gw', 'key-1', 'gw_tokens', 51, '2025-11-18 12:07:00+00');
+SELECT count(*) AS ledger_rows_unchanged FROM usage_guard.usage_events
+ WHERE tenant_id = 'gw' AND occurred_at >= '2025-11-18 12:06:00+00' AND occurred_at < '2025-11-18 12:08:00+00';
+
 -- the header values
 SELECT jsonb_pretty(headers) FROM usage_guard.request_check('gw', 'key-1', 'gw_tokens', 1, '2025-11-18 12:10:00+00');
 

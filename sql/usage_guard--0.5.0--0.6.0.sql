@@ -269,6 +269,18 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION usage_guard.request_enforce(text, text, text, numeric, text, jsonb, interval, timestamptz) IS
     'Like request_consume, but raises usage_limit_exceeded (UG001) or usage_soft_limit_exceeded (UG002) when refused';
 
+CREATE FUNCTION usage_guard.request_throttle(
+    tenant_id   text,
+    subject_id  text,
+    feature_key text DEFAULT NULL,
+    amount      numeric DEFAULT 1,
+    at          timestamptz DEFAULT now())
+RETURNS usage_guard.usage_decision
+AS 'MODULE_PATHNAME', 'request_throttle'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION usage_guard.request_throttle(text, text, text, numeric, timestamptz) IS
+    'Rate limits only (as redis-cell''s CL.THROTTLE): the request rates of every level of the subject, and the rates of feature_key''s amount when given, decided and spent at once; no quota, no ledger row';
+
 CREATE FUNCTION usage_guard.lease_acquire(
     tenant_id  text,
     subject_id text,
@@ -413,6 +425,7 @@ REVOKE ALL ON FUNCTION
     usage_guard.request_check(text, text, text, numeric, timestamptz),
     usage_guard.request_consume(text, text, text, numeric, text, jsonb, interval, timestamptz),
     usage_guard.request_enforce(text, text, text, numeric, text, jsonb, interval, timestamptz),
+    usage_guard.request_throttle(text, text, text, numeric, timestamptz),
     usage_guard.lease_acquire(text, text, interval, timestamptz),
     usage_guard.lease_release(text, uuid),
     usage_guard.purge_leases(interval)
@@ -421,6 +434,7 @@ GRANT EXECUTE ON FUNCTION
     usage_guard.request_check(text, text, text, numeric, timestamptz),
     usage_guard.request_consume(text, text, text, numeric, text, jsonb, interval, timestamptz),
     usage_guard.request_enforce(text, text, text, numeric, text, jsonb, interval, timestamptz),
+    usage_guard.request_throttle(text, text, text, numeric, timestamptz),
     usage_guard.lease_acquire(text, text, interval, timestamptz),
     usage_guard.lease_release(text, uuid)
     TO usage_guard_application;

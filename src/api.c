@@ -157,6 +157,13 @@ RequireFeature(const Policy *policy)
 				 errhint("Features are rows of usage_guard.features.")));
 }
 
+/* A feature named by a call that needs no subscription access to it */
+static void
+RequireFeatureExists(const Policy *policy)
+{
+	RequireFeature(policy);
+}
+
 /* The feature must exist and the subscription grant access */
 static void
 RequireAccess(const Policy *policy)
@@ -498,7 +505,7 @@ LeaseTtl(FunctionCallInfo fcinfo, int argno, bool required, int64 *usecs)
  * are added from the tenant down, the order their key locks are taken in.
  */
 static void
-BuildRequest(EngineRequest *r, const SubjectPolicy *sp, bool quotas)
+BuildRequest(EngineRequest *r, const SubjectPolicy *sp, bool quotas, bool rates)
 {
 	int			feature_target[UG_MAX_LEVELS];
 	int			request_target[UG_MAX_LEVELS];
@@ -506,10 +513,14 @@ BuildRequest(EngineRequest *r, const SubjectPolicy *sp, bool quotas)
 	for (int i = sp->nlevels - 1; i >= 0; i--)
 	{
 		const char *subject = sp->levels[i].subject_id[0] ? sp->levels[i].subject_id : NULL;
+		bool		feature_rates = false;
 
 		feature_target[i] = request_target[i] = -1;
-		if (quotas)
-			feature_target[i] = EngineAddTarget(r, subject, r->feature_key, true);
+		for (int k = 0; rates && !quotas && r->feature_key && k < sp->nlimits; k++)
+			feature_rates |= (sp->limits[k].level == i && sp->limits[k].kind == LIMIT_RATE &&
+							  !sp->limits[k].counts_requests);
+		if (quotas || feature_rates)
+			feature_target[i] = EngineAddTarget(r, subject, r->feature_key, quotas);
 	}
 	if (quotas)
 		EngineAddTenantQuotas(r, feature_target[sp->nlevels - 1]);
@@ -521,7 +532,7 @@ BuildRequest(EngineRequest *r, const SubjectPolicy *sp, bool quotas)
 		int			target = -1;
 		FeatureLimit *l;
 
-		if (!quotas && sl->kind != LIMIT_CONCURRENCY)
+		if ((sl->kind == LIMIT_QUOTA && !quotas) || (sl->kind == LIMIT_RATE && !rates))
 			continue;
 		if (sl->kind == LIMIT_RATE && sl->counts_requests)
 		{
@@ -569,7 +580,8 @@ typedef enum RequestCall
 	REQUEST_CHECK,
 	REQUEST_CONSUME,
 	REQUEST_ENFORCE,
-	REQUEST_LEASE
+	REQUEST_LEASE,
+	REQUEST_THROTTLE
 } RequestCall;
 
 /*
@@ -603,6 +615,13 @@ DecideRequest(FunctionCallInfo fcinfo, RequestCall call)
 		lease = LeaseTtl(fcinfo, 2, true, &ttl);
 		at = RequiredTime(fcinfo, 3, "at");
 	}
+	else if (call == REQUEST_THROTTLE)
+	{
+		feature_key = OptionalText(fcinfo, 2, "feature_key");
+		amount_num = RequiredAmount(fcinfo, 3);
+		amount = ToAmount(amount_num);
+		at = RequiredTime(fcinfo, 4, "at");
+	}
 	else
 	{
 		feature_key = RequiredText(fcinfo, 2, "feature_key");
@@ -621,6 +640,7 @@ DecideRequest(FunctionCallInfo fcinfo, RequestCall call)
 	if (write)
 	{
 		const char *fname = call == REQUEST_LEASE ? "lease_acquire()" :
+			call == REQUEST_THROTTLE ? "request_throttle()" :
 			call == REQUEST_CONSUME ? "request_consume()" : "request_enforce()";
 
 		RequireWritable(fname);
@@ -631,11 +651,14 @@ DecideRequest(FunctionCallInfo fcinfo, RequestCall call)
 					   write);
 
 	GetPolicy(tenant_id, feature_key ? feature_key : "", &policy);
-	if (feature_key)
+	if (feature_key && call != REQUEST_THROTTLE)
 		RequireAccess(&policy);
-	else if (!policy.has_subscription ||
-			 (strcmp(policy.status, "active") != 0 && strcmp(policy.status, "trialing") != 0))
-		RaisePolicyError(tenant_id, NULL, &policy);
+	else if (feature_key && !policy.feature_exists)
+		RequireFeatureExists(&policy);
+	if ((!feature_key || call == REQUEST_THROTTLE) &&
+		(!policy.has_subscription ||
+			 (strcmp(policy.status, "active") != 0 && strcmp(policy.status, "trialing") != 0)))
+		RaisePolicyError(tenant_id, feature_key, &policy);
 	GetSubjectPolicy(tenant_id, subject_id, feature_key, policy.plan_code, sp);
 	if (!sp->exists)
 		ereport(ERROR,
@@ -644,7 +667,9 @@ DecideRequest(FunctionCallInfo fcinfo, RequestCall call)
 				 errhint("Subjects are rows of usage_guard.subjects.")));
 
 	EngineInit(r, tenant_id, policy.plan_code, feature_key, &policy, at, amount);
-	BuildRequest(r, sp, feature_key != NULL);
+	r->quotas = (feature_key != NULL && call != REQUEST_THROTTLE);
+	BuildRequest(r, sp, feature_key != NULL && call != REQUEST_THROTTLE,
+				 call != REQUEST_LEASE);
 	if (!lease)
 	{
 		/* without a lease, concurrency limits are not this call's business */
@@ -687,7 +712,7 @@ DecideRequest(FunctionCallInfo fcinfo, RequestCall call)
 
 	r->undoable = (key != NULL);
 	d = EngineConsume(r);
-	if (d->allowed && feature_key != NULL)
+	if (d->allowed && feature_key != NULL && call != REQUEST_THROTTLE)
 	{
 		const char *path[UG_MAX_LEVELS];
 		Datum		path_datum;
@@ -754,6 +779,14 @@ Datum
 lease_acquire(PG_FUNCTION_ARGS)
 {
 	return DecideRequest(fcinfo, REQUEST_LEASE);
+}
+
+PG_FUNCTION_INFO_V1(request_throttle);
+/* request_throttle(tenant_id, subject_id, feature_key, amount, at): rate limits only */
+Datum
+request_throttle(PG_FUNCTION_ARGS)
+{
+	return DecideRequest(fcinfo, REQUEST_THROTTLE);
 }
 
 PG_FUNCTION_INFO_V1(lease_release);

@@ -43,6 +43,7 @@ EngineInit(EngineRequest *r, const char *tenant_id, const char *plan_code,
 	r->policy = policy;
 	r->at = at;
 	r->amount = amount;
+	r->quotas = true;
 }
 
 /* Add a counter key; returns its index */
@@ -330,8 +331,12 @@ Apply(EngineRequest *r, bool count)
 static Decision *
 Evaluate(EngineRequest *r)
 {
-	return EvaluateLimits(r->tenant_id, r->plan_code, r->feature_key, r->limits, r->nlimits,
-						  r->amount, r->at);
+	/* a feature without limits is not included, unless its quotas are not asked about */
+	Decision   *d = EvaluateLimits(r->tenant_id, r->plan_code, r->quotas ? r->feature_key : NULL,
+								   r->limits, r->nlimits, r->amount, r->at);
+
+	d->feature_key = r->feature_key;
+	return d;
 }
 
 /*

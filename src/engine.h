@@ -38,6 +38,7 @@ typedef struct EngineRequest
 	TimestampTz at;
 	Amount		amount;			/* charged to every quota window */
 	bool		undoable;		/* the ledger insert may turn out a duplicate */
+	bool		quotas;			/* the feature's quotas are judged: none = not included */
 	int			ntargets;
 	EngineTarget targets[UG_MAX_TARGETS];
 	int			nlimits;

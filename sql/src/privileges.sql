@@ -57,6 +57,7 @@ GRANT EXECUTE ON FUNCTION
     usage_guard.request_check(text, text, text, numeric, timestamptz),
     usage_guard.request_consume(text, text, text, numeric, text, jsonb, interval, timestamptz),
     usage_guard.request_enforce(text, text, text, numeric, text, jsonb, interval, timestamptz),
+    usage_guard.request_throttle(text, text, text, numeric, timestamptz),
     usage_guard.lease_acquire(text, text, interval, timestamptz),
     usage_guard.lease_release(text, uuid)
     TO usage_guard_application;
