@@ -84,6 +84,24 @@ BEGIN
     RETURN true;
 END
 \$\$;
+-- gateway limits: every tenant has key k -> user u -> team g; limits at
+-- every level (quota, request and token rates, concurrency) high enough
+-- that nothing is refused, and a rate-only key r
+INSERT INTO usage_guard.subjects (tenant_id, subject_id, level, parent_id)
+SELECT 't' || i, s.id, s.level, s.parent FROM generate_series(1, $TENANTS) AS i,
+       (VALUES (1, 'g', 'team', NULL), (2, 'u', 'user', 'g'), (3, 'k', 'api_key', 'u'),
+               (4, 'r', 'api_key', NULL)) AS s(ord, id, level, parent)
+ ORDER BY i, s.ord;
+INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, feature_key, period, per, hard_limit) VALUES
+    ('pro', 'api_key', 'quota', 'tokens', 'day', NULL, 1e13),
+    ('pro', 'api_key', 'rate', NULL, NULL, '1 second', 1e9),
+    ('pro', 'api_key', 'rate', 'tokens', NULL, '1 minute', 1e12),
+    ('pro', 'user', 'quota', 'tokens', 'day', NULL, 1e13),
+    ('pro', 'user', 'rate', NULL, NULL, '1 minute', 1e9),
+    ('pro', 'team', 'quota', 'tokens', 'month', NULL, 1e14),
+    ('pro', 'tenant', 'rate', NULL, NULL, '1 second', 1e9);
+INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, hard_limit) VALUES
+    ('pro', 'api_key', 'concurrency', 1000000);
 VACUUM ANALYZE;
 SQL
 
@@ -99,6 +117,11 @@ printf 'SELECT * FROM usage_guard.usage_consume(%s, %s, 1);\n' "'t1'" "'tokens'"
 # reference: what SELECT * FROM a composite-returning function costs by
 # itself (a built-in one returning 15 columns from shared memory)
 echo 'SELECT * FROM pg_catalog.pg_stat_get_wal_receiver();' >"$S/composite.sql"
+# gateway: a request decision over key + user + team + tenant (quota + rates),
+# the same with a lease taken and released (two statements), rate limits only
+printf '\\set t random(1, %d)\nSELECT * FROM usage_guard.request_consume(%s, %s, %s, 1);\n' "$TENANTS" "'t' || :t" "'k'" "'tokens'" >"$S/gw_request.sql"
+printf '\\set t random(1, %d)\nSELECT lease_id FROM usage_guard.request_consume(%s, %s, %s, 1, lease_ttl => %s) \\gset\nSELECT usage_guard.lease_release(%s, :%s);\n' "$TENANTS" "'t' || :t" "'k'" "'tokens'" "'1 minute'" "'t' || :t" "lease_id" >"$S/gw_lease.sql"
+printf '\\set t random(1, %d)\nSELECT allowed FROM usage_guard.request_throttle(%s, %s);\n' "$TENANTS" "'t' || :t" "'r'" >"$S/gw_throttle.sql"
 [ "$(id -u)" = 0 ] && chown -R postgres: "$S"
 
 declare -A TPS
@@ -113,9 +136,9 @@ run() {
 median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR == 0) print 0; else print a[int((NR + 1) / 2)]}'; }
 
 log "warming up caches and live counters"
-run warm check.sql 2; run warm consume.sql 2
+run warm check.sql 2; run warm consume.sql 2; run warm gw_request.sql 2
 
-TESTS=(select1 composite insert hand hand_one check consume consume_one)
+TESTS=(select1 composite insert hand hand_one check consume consume_one gw_request gw_lease gw_throttle)
 for r in $(seq 1 "$ROUNDS"); do
     log "round $r of $ROUNDS (${SECONDS_PER_RUN}s per run)"
     for t in "${TESTS[@]}"; do run "$t" "$t.sql" "$SECONDS_PER_RUN"; done
@@ -164,6 +187,9 @@ $TENANTS tenants, $ROWS ledger rows ($ledger_rows after growth), synchronous_com
 | usage_check, random tenants                     | $(printf '%10.0f' "${M[check]}") | $(ratio "${M[check]}" "${M[select1]}") x SELECT 1            | >= 0.80 |
 | usage_consume, random tenants                   | $(printf '%10.0f' "${M[consume]}") | $(ratio "${M[consume]}" "${M[insert]}") x INSERT              | >= 0.70 |
 | usage_consume, all clients on one tenant        | $(printf '%10.0f' "${M[consume_one]}") | $(ratio "${M[consume_one]}" "${M[consume]}") x random consume      | >= 0.80 |
+| gateway: request_consume, key+user+team+tenant (quotas + rates) | $(printf '%10.0f' "${M[gw_request]}") | $(ratio "${M[gw_request]}" "${M[consume]}") x usage_consume       | >= 0.60 |
+| gateway: same + lease taken and released (2 statements) | $(printf '%10.0f' "${M[gw_lease]}") | $(ratio "${M[gw_lease]}" "${M[consume]}") x usage_consume       | >= 0.60 |
+| gateway: request_throttle, rate limits only     | $(printf '%10.0f' "${M[gw_throttle]}") | $(ratio "${M[gw_throttle]}" "${M[select1]}") x SELECT 1            | >= 0.70 |
 | usage_check just before growing the ledger      | $(printf '%10.0f' "${M[check_before]}") |                          |        |
 | usage_check after ${GROWTH}x more ledger history       | $(printf '%10.0f' "${M[check_grown]}") | $(ratio "${M[check_grown]}" "${M[check_before]}") x check before        | >= 0.95 |
 
