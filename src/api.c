@@ -302,7 +302,7 @@ DecisionDatum(FunctionCallInfo fcinfo, const Decision *d, Numeric requested)
 		values[22] = DirectFunctionCall1(uuid_in, CStringGetDatum(d->lease_id));
 		nulls[22] = false;
 	}
-	values[23] = DirectFunctionCall1(jsonb_in, CStringGetDatum(DecisionHeaders(d)));
+	values[23] = JsonbPGetDatum(DecisionHeaders(d));
 	nulls[23] = false;
 
 	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
@@ -333,7 +333,8 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 	Datum		attributes = (Datum) 0;
 	TimestampTz at;
 	Policy		policy;
-	EngineRequest *r;
+	EngineRequest req;			/* on the stack: a palloc this size would be a malloc */
+	EngineRequest *r = &req;
 	int			t;
 	Decision   *d = NULL;
 	instr_time	started;
@@ -357,7 +358,6 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 
 	GetPolicy(tenant_id, feature_key, &policy);
 	RequireAccess(&policy);
-	r = palloc(sizeof(EngineRequest));
 	EngineInit(r, tenant_id, policy.plan_code, feature_key, &policy, at, amount);
 	t = EngineAddTarget(r, NULL, feature_key, true);
 	EngineAddTenantQuotas(r, t);
@@ -603,8 +603,10 @@ DecideRequest(FunctionCallInfo fcinfo, RequestCall call)
 	bool		lease = false;
 	TimestampTz at;
 	Policy		policy;
-	SubjectPolicy *sp = palloc(sizeof(SubjectPolicy));
-	EngineRequest *r = palloc(sizeof(EngineRequest));
+	SubjectPolicy subject;
+	SubjectPolicy *sp = &subject;
+	EngineRequest req;			/* on the stack: a palloc this size would be a malloc */
+	EngineRequest *r = &req;
 	Decision   *d;
 	instr_time	started;
 	bool		write = (call != REQUEST_CHECK);

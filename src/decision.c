@@ -14,6 +14,7 @@
 #include "utils/datetime.h"
 #include "utils/fmgrprotos.h"
 #include "utils/json.h"
+#include "utils/jsonb.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 
@@ -498,18 +499,37 @@ Whole(Amount a)
 	return AmountToCString(a / AMOUNT_ONE * AMOUNT_ONE);
 }
 
+/* Append one "key": "value" pair to a JSONB object under construction */
+static void
+PushPair(JsonbParseState **state, const char *key, const char *value)
+{
+	JsonbValue	k,
+				v;
+
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	v.type = jbvString;
+	v.val.string.val = (char *) value;
+	v.val.string.len = strlen(value);
+	(void) pushJsonbValue(state, WJB_KEY, &k);
+	(void) pushJsonbValue(state, WJB_VALUE, &v);
+}
+
 /*
- * The HTTP headers of a decision, as a JSON object an application copies
+ * The HTTP headers of a decision, as a JSONB object an application copies
  * into its response: RateLimit-Policy and RateLimit
  * (draft-ietf-httpapi-ratelimit-headers-10), Retry-After when refused and
  * waiting helps, and X-RateLimit-Limit/Remaining/Reset (Reset in Unix
  * seconds, as seed 002's gateway sends it).  RateLimit and X-RateLimit-*
- * describe the hard limit closest to refusing, or the refusing one.
+ * describe the hard limit closest to refusing, or the refusing one.  Built
+ * as JSONB directly: it is part of every decision's result.
  */
-char *
+Jsonb *
 DecisionHeaders(const Decision *d)
 {
-	StringInfoData buf;
+	JsonbParseState *state = NULL;
+	JsonbValue *result;
 	StringInfoData policy;
 	const FeatureLimit *closest = NULL;
 	Amount		closest_room = 0;
@@ -542,27 +562,26 @@ DecisionHeaders(const Decision *d)
 		closest_room = Capacity(closest) - closest->usage;
 	}
 
-	initStringInfo(&buf);
-	appendStringInfoChar(&buf, '{');
+	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
 	if (policy.len > 0)
-		AppendStr(&buf, "RateLimit-Policy", policy.data);
+		PushPair(&state, "RateLimit-Policy", policy.data);
 	if (closest != NULL)
 	{
 		double		t = Max((double) (closest->reset_at - d->at) / USECS_PER_SEC, 0);
 		char	   *remaining = Whole(closest_room - (d->allowed ? d->requested : 0));
 
-		AppendStr(&buf, "RateLimit", psprintf("\"%s\";r=%s;t=%.0f", PolicyName(closest),
-											  remaining, ceil(t)));
-		AppendStr(&buf, "X-RateLimit-Limit", Whole(closest->limits.hard));
-		AppendStr(&buf, "X-RateLimit-Remaining", remaining);
-		AppendStr(&buf, "X-RateLimit-Reset",
-				  psprintf(INT64_FORMAT, (int64) ceil((double) closest->reset_at / USECS_PER_SEC) +
-						   (int64) ((POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY)));
+		PushPair(&state, "RateLimit", psprintf("\"%s\";r=%s;t=%.0f", PolicyName(closest),
+											   remaining, ceil(t)));
+		PushPair(&state, "X-RateLimit-Limit", Whole(closest->limits.hard));
+		PushPair(&state, "X-RateLimit-Remaining", remaining);
+		PushPair(&state, "X-RateLimit-Reset",
+				 psprintf(INT64_FORMAT, (int64) ceil((double) closest->reset_at / USECS_PER_SEC) +
+						  (int64) ((POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY)));
 	}
 	if (!d->allowed && d->has_retry)
-		AppendStr(&buf, "Retry-After", psprintf("%d", (int) ceil(d->retry_after)));
-	appendStringInfoChar(&buf, '}');
-	return buf.data;
+		PushPair(&state, "Retry-After", psprintf("%d", (int) ceil(d->retry_after)));
+	result = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	return JsonbValueToJsonb(result);
 }
 
 /* When the deciding window resets, for hints */

@@ -24,6 +24,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "utils/jsonb.h"
 #include "utils/numeric.h"
 
 #include "amount.h"
@@ -217,7 +218,7 @@ extern Decision *EvaluateLimits(const char *tenant_id, const char *plan_code,
 								const char *feature_key, FeatureLimit *limits,
 								int nlimits, Amount requested, TimestampTz at);
 extern void RateState(FeatureLimit *l, double tat, TimestampTz at);
-extern char *DecisionHeaders(const Decision *d);
+extern Jsonb *DecisionHeaders(const Decision *d);
 extern const char *LimitKindName(LimitKind kind);
 extern const char *DecisionKindName(DecisionKind kind);
 extern void RaiseLimitExceeded(const Decision *d);
