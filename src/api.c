@@ -318,6 +318,56 @@ RequestNothing(EngineRequest *r)
 }
 
 /*
+ * A request carrying an idempotency key that is already recorded: a retry.
+ * It is allowed, counts nothing and reports the state; NULL when the key
+ * is new.  Holds the key's lock until the transaction ends, so a retry
+ * arriving while the original is in flight waits for its outcome.
+ */
+static Decision *
+RetriedRequest(EngineRequest *r, const char *key, Amount amount)
+{
+	bool		duplicate;
+	Decision   *d;
+
+	if (key == NULL)
+		return NULL;
+	LockIdempotencyKey(r->tenant_id, r->feature_key, key);
+	SPI_connect();
+	duplicate = IdempotencyKeyExists(r->tenant_id, r->feature_key, key);
+	SPI_finish();
+	if (!duplicate)
+		return NULL;
+	RequestNothing(r);
+	d = EngineCheck(r);
+	d->allowed = true;
+	d->kind = DECISION_ALLOW;
+	d->requested = amount;
+	return d;
+}
+
+/* A concurrent request took the idempotency key first: this one counts nothing */
+static void
+UndoRequest(EngineRequest *r)
+{
+	for (int t = 0; t < r->ntargets; t++)
+		if (r->targets[t].write != NULL)
+			UndoLocalWrite(r->targets[t].write);
+}
+
+/* Count, raise (enforce) or warn (soft limit), and return the decision row */
+static Datum
+FinishDecision(FunctionCallInfo fcinfo, Decision *d, instr_time started, bool enforce,
+			   Numeric amount_num)
+{
+	Observe(d, started, CALL_CONSUME, true);
+	if (enforce && !d->allowed)
+		RaiseLimitExceeded(d);
+	if (d->recorded && d->kind == DECISION_SOFT_LIMIT)
+		WarnSoftLimit(d);
+	return DecisionDatum(fcinfo, d, amount_num);
+}
+
+/*
  * Shared body of check, consume and enforce: policy from the cache, the
  * tenant's limits at `at`, one decision by the engine, and for consume the
  * ledger row.
@@ -369,25 +419,11 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 		return DecisionDatum(fcinfo, d, amount_num);
 	}
 
-	if (key != NULL)
+	d = RetriedRequest(r, key, amount);
+	if (d != NULL)
 	{
-		bool		duplicate;
-
-		LockIdempotencyKey(tenant_id, feature_key, key);
-		SPI_connect();
-		duplicate = IdempotencyKeyExists(tenant_id, feature_key, key);
-		SPI_finish();
-		if (duplicate)
-		{
-			/* a retry of a recorded request: report the state, count nothing */
-			RequestNothing(r);
-			d = EngineCheck(r);
-			d->allowed = true;
-			d->kind = DECISION_ALLOW;
-			d->requested = amount;
-			Observe(d, started, mode, false);
-			return DecisionDatum(fcinfo, d, amount_num);
-		}
+		Observe(d, started, mode, false);
+		return DecisionDatum(fcinfo, d, amount_num);
 	}
 
 	r->undoable = (key != NULL);
@@ -398,18 +434,10 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 		d->recorded = InsertUsageEvent(tenant_id, feature_key, amount_num, at, "consume",
 									   key, attributes, NULL, (Datum) 0);
 		SPI_finish();
-		/* a concurrent request took the key first: this one counts nothing */
-		if (!d->recorded && r->targets[t].write != NULL)
-			UndoLocalWrite(r->targets[t].write);
+		if (!d->recorded)
+			UndoRequest(r);
 	}
-
-	Observe(d, started, mode, true);
-	if (mode == CALL_ENFORCE && !d->allowed)
-		RaiseLimitExceeded(d);
-	if (d->recorded && d->kind == DECISION_SOFT_LIMIT)
-		WarnSoftLimit(d);
-
-	return DecisionDatum(fcinfo, d, amount_num);
+	return FinishDecision(fcinfo, d, started, mode == CALL_ENFORCE, amount_num);
 }
 
 PG_FUNCTION_INFO_V1(usage_check);
@@ -692,24 +720,11 @@ DecideRequest(FunctionCallInfo fcinfo, RequestCall call)
 		return DecisionDatum(fcinfo, d, amount_num);
 	}
 
-	if (key != NULL)
+	d = RetriedRequest(r, key, amount);
+	if (d != NULL)
 	{
-		bool		duplicate;
-
-		LockIdempotencyKey(tenant_id, feature_key, key);
-		SPI_connect();
-		duplicate = IdempotencyKeyExists(tenant_id, feature_key, key);
-		SPI_finish();
-		if (duplicate)
-		{
-			RequestNothing(r);
-			d = EngineCheck(r);
-			d->allowed = true;
-			d->kind = DECISION_ALLOW;
-			d->requested = amount;
-			Observe(d, started, CALL_CONSUME, false);
-			return DecisionDatum(fcinfo, d, amount_num);
-		}
+		Observe(d, started, CALL_CONSUME, false);
+		return DecisionDatum(fcinfo, d, amount_num);
 	}
 
 	r->undoable = (key != NULL);
@@ -736,19 +751,11 @@ DecideRequest(FunctionCallInfo fcinfo, RequestCall call)
 									   key, attributes, subject_id, path_datum);
 		SPI_finish();
 		if (!d->recorded)
-			for (int t = 0; t < r->ntargets; t++)
-				if (r->targets[t].write != NULL)
-					UndoLocalWrite(r->targets[t].write);
+			UndoRequest(r);
 	}
 	if (d->allowed && lease && (feature_key == NULL || d->recorded))
 		d->lease_id = InsertLease(tenant_id, sp, at, at + ttl);
-
-	Observe(d, started, CALL_CONSUME, true);
-	if (call == REQUEST_ENFORCE && !d->allowed)
-		RaiseLimitExceeded(d);
-	if (d->recorded && d->kind == DECISION_SOFT_LIMIT)
-		WarnSoftLimit(d);
-	return DecisionDatum(fcinfo, d, amount_num);
+	return FinishDecision(fcinfo, d, started, call == REQUEST_ENFORCE, amount_num);
 }
 
 PG_FUNCTION_INFO_V1(request_check);

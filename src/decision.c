@@ -475,6 +475,12 @@ DecisionJson(const Decision *d, const char *code)
 	else
 		appendStringInfoString(&buf, "null");
 	AppendStr(&buf, "message", Message(d));
+	AppendKey(&buf, "headers");
+	{
+		Jsonb	   *h = DecisionHeaders(d);
+
+		appendStringInfoString(&buf, JsonbToCString(NULL, &h->root, VARSIZE(h)));
+	}
 	appendStringInfoChar(&buf, '}');
 	return buf.data;
 }
@@ -567,16 +573,20 @@ DecisionHeaders(const Decision *d)
 		PushPair(&state, "RateLimit-Policy", policy.data);
 	if (closest != NULL)
 	{
-		double		t = Max((double) (closest->reset_at - d->at) / USECS_PER_SEC, 0);
 		char	   *remaining = Whole(closest_room - (d->allowed ? d->requested : 0));
+		bool		resets = !TIMESTAMP_NOT_FINITE(closest->reset_at);
+		double		t = resets ? Max((double) (closest->reset_at - d->at) / USECS_PER_SEC, 0) : 0;
 
-		PushPair(&state, "RateLimit", psprintf("\"%s\";r=%s;t=%.0f", PolicyName(closest),
-											   remaining, ceil(t)));
+		/* a lifetime limit never resets: no t, no X-RateLimit-Reset */
+		PushPair(&state, "RateLimit",
+				 resets ? psprintf("\"%s\";r=%s;t=%.0f", PolicyName(closest), remaining, ceil(t))
+				 : psprintf("\"%s\";r=%s", PolicyName(closest), remaining));
 		PushPair(&state, "X-RateLimit-Limit", Whole(closest->limits.hard));
 		PushPair(&state, "X-RateLimit-Remaining", remaining);
-		PushPair(&state, "X-RateLimit-Reset",
-				 psprintf(INT64_FORMAT, (int64) ceil((double) closest->reset_at / USECS_PER_SEC) +
-						  (int64) ((POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY)));
+		if (resets)
+			PushPair(&state, "X-RateLimit-Reset",
+					 psprintf(INT64_FORMAT, (int64) ceil((double) closest->reset_at / USECS_PER_SEC) +
+							  (int64) ((POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY)));
 	}
 	if (!d->allowed && d->has_retry)
 		PushPair(&state, "Retry-After", psprintf("%d", (int) ceil(d->retry_after)));

@@ -5,7 +5,10 @@
  * Module map:
  *	usage_guard.c	_PG_init, GUCs, shared-memory hooks
  *	api.c			the SQL-callable functions and their argument checks
- *	decision.c		windows and usage -> one decision; errors and JSON
+ *	engine.c		the decision engine: every limit of a request in one atomic step
+ *	subjects.c		subjects' chains and limits (cached), leases
+ *	rolling.c		rolling windows: rings of buckets in shared memory
+ *	decision.c		limit states -> one decision; errors, JSON and HTTP headers
  *	period.c		UTC calendar and billing-anchored windows
  *	cache.c			per-backend cache of policies, invalidated by triggers
  *	policy.c		catalog reads behind the cache (SPI)
