@@ -17,7 +17,10 @@ SELECT usage_guard.usage_record('rol-a', 'rol_tokens', 100, '2025-10-31 23:59:59
 SELECT usage_guard.usage_record('rol-a', 'rol_tokens', 50, '2025-11-01 00:00:00+00');
 SELECT usage_guard.usage_record('rol-a', 'rol_tokens', 25, '2025-11-01 13:00:00+00');
 -- and current usage
+-- (terse: the WARNING's detail names the current month and seconds to its end)
+\set VERBOSITY terse
 SELECT allowed FROM usage_guard.usage_consume('rol-a', 'rol_tokens', 900);
+\set VERBOSITY default
 SELECT allowed FROM usage_guard.usage_consume('rol-b', 'rol_msgs', 4);
 
 -- the rollups show what was there at the last refresh
