@@ -32,7 +32,7 @@ trap 'stop_cluster "$WORKDIR"; rm -rf "$WORKDIR"' EXIT
 CLUSTER_CONF="shared_buffers = '1GB'
 autovacuum = off
 max_connections = 50
-usage_guard.max_counters = $((TENANTS * 2 + 1000))
+usage_guard.max_counters = $((TENANTS * 10 + 1000))
 max_wal_size = '4GB'
 checkpoint_timeout = '30min'"
 start_cluster "$WORKDIR" 55432
@@ -136,7 +136,7 @@ run() {
 median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR == 0) print 0; else print a[int((NR + 1) / 2)]}'; }
 
 log "warming up caches and live counters"
-run warm check.sql 2; run warm consume.sql 2; run warm gw_request.sql 2
+run warm check.sql 2; run warm consume.sql 2; run warm gw_request.sql 2; run warm gw_throttle.sql 2
 
 TESTS=(select1 composite insert hand hand_one check consume consume_one gw_request gw_lease gw_throttle)
 for r in $(seq 1 "$ROUNDS"); do
