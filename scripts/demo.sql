@@ -93,11 +93,15 @@ SELECT level, limit_kind, coalesce(period::text, rolling::text, per::text) AS wi
   FROM usage_guard.subject_limits ORDER BY limit_id;
 
 \echo '== 13. Four requests of the key in the same second: the 4th hits the rate limit, with Retry-After'
+\echo '   (the tenant is past its soft limit since step 4: its WARNINGs are silenced here)'
+SET client_min_messages = error;
 SELECT i AS request, d.allowed, d.level, d.limit_kind, d.period, d.retry_after,
        d.headers ->> 'Retry-After' AS "Retry-After", d.headers ->> 'RateLimit' AS "RateLimit"
   FROM generate_series(1, 4) AS i,
        LATERAL usage_guard.request_consume('acme', 'key-7f3a', 'input_tokens', 10,
+                                           idempotency_key => 'gw-req-' || i,
                                            at => date_trunc('second', now())) AS d;
+RESET client_min_messages;
 
 \echo '== 14. Every level was charged by one call; the ledger row records the chain'
 SELECT subject_id, subject_path, amount FROM usage_guard.usage_events

@@ -113,6 +113,11 @@ SELECT allowed, limit_kind, level, period, retry_after
 SELECT count(*) AS ledger_rows_unchanged FROM usage_guard.usage_events
  WHERE tenant_id = 'gw' AND occurred_at >= '2025-11-18 12:06:00+00' AND occurred_at < '2025-11-18 12:08:00+00';
 
+-- headers count each limit in its own unit: 5 tokens are one request of the 2 per second
+SELECT allowed, level, limit_kind, period, usage, usage_after, headers->>'RateLimit' AS ratelimit,
+       headers->>'X-RateLimit-Remaining' AS x_remaining
+  FROM usage_guard.request_consume('gw', 'key-1', 'gw_tokens', 5, at => '2025-11-18 12:09:00+00');
+
 -- the header values
 SELECT jsonb_pretty(headers) FROM usage_guard.request_check('gw', 'key-1', 'gw_tokens', 1, '2025-11-18 12:10:00+00');
 

@@ -285,7 +285,7 @@ DecisionDatum(FunctionCallInfo fcinfo, const Decision *d, Numeric requested)
 		values[18] = NumericGetDatum(AmountToNumeric(l->limits.soft));
 		nulls[18] = false;
 	}
-	values[19] = NumericGetDatum(AmountToNumeric(d->usage + (d->allowed ? d->requested : 0)));
+	values[19] = NumericGetDatum(AmountToNumeric(d->usage + (d->allowed && l ? l->requested : 0)));
 	nulls[19] = false;
 	if (l && !TIMESTAMP_NOT_FINITE(l->reset_at))
 	{

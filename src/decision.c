@@ -402,7 +402,7 @@ static char *
 Describe(const Decision *d)
 {
 	const FeatureLimit *l = d->window;
-	char	   *after = AmountToCString(d->usage + d->requested);
+	char	   *after = AmountToCString(d->usage + d->window->requested);
 	char	   *limit = AmountToCString(d->limit_value);
 
 	if (l->kind == LIMIT_CONCURRENCY)
@@ -463,7 +463,7 @@ DecisionJson(const Decision *d, const char *code)
 	AppendStr(&buf, "limit_kind", l ? LimitKindName(l->kind) : "quota");
 	AppendNum(&buf, "hard_limit", l && l->limits.has_hard, l ? l->limits.hard : 0);
 	AppendNum(&buf, "soft_limit", l && l->limits.has_soft, l ? l->limits.soft : 0);
-	AppendNum(&buf, "usage_after", true, d->usage + (d->recorded || d->allowed ? d->requested : 0));
+	AppendNum(&buf, "usage_after", true, d->usage + (d->allowed && l ? l->requested : 0));
 	AppendKey(&buf, "reset_at");
 	if (l)
 		AppendIsoTimestamp(&buf, l->reset_at);
@@ -573,7 +573,8 @@ DecisionHeaders(const Decision *d)
 		PushPair(&state, "RateLimit-Policy", policy.data);
 	if (closest != NULL)
 	{
-		char	   *remaining = Whole(closest_room - (d->allowed ? d->requested : 0));
+		/* after this request: its own units of that limit (requests, tokens, a lease) */
+		char	   *remaining = Whole(closest_room - (d->allowed ? closest->requested : 0));
 		bool		resets = !TIMESTAMP_NOT_FINITE(closest->reset_at);
 		double		t = resets ? Max((double) (closest->reset_at - d->at) / USECS_PER_SEC, 0) : 0;
 
