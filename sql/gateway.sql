@@ -199,6 +199,14 @@ SELECT usage FROM usage_guard.request_check('gw', 'key-3', 'gw_tokens', 0, '2025
 SELECT subject_id, feature_key, usage, reserved FROM usage_guard.usage_counters
  WHERE tenant_id = 'gw' AND subject_id = 'key-3';
 
+-- a whole burst in the same microsecond passes: 3 per second (T = 1/3 s, not
+-- exact in binary) admits 3, not 2, and refuses the 4th
+INSERT INTO usage_guard.subject_limits (tenant_id, subject_id, level, limit_kind, per, hard_limit)
+VALUES ('gw', 'key-3', 'api_key', 'rate', '1 second', 3);
+SELECT i, d.allowed, d.usage, d.remaining, d.retry_after
+  FROM generate_series(1, 4) AS i,
+       LATERAL usage_guard.request_throttle('gw', 'key-3', NULL, i - i + 1, '2025-11-22 12:08:00.123457+00') AS d;
+
 -- the tenant-only calls are unchanged, and report their level
 SELECT allowed, level, subject_id, limit_kind, period
   FROM usage_guard.usage_consume('gw', 'gw_tokens', 1, at => '2025-11-20 10:00+00');

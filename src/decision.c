@@ -75,7 +75,11 @@ RateState(FeatureLimit *l, double tat, TimestampTz at)
 	double		t = Max(tat, (double) at);
 
 	l->tat = tat;
-	l->usage = DoubleToAmount((t - (double) at) / EmissionInterval(l));
+	/*
+	 * Timestamps near 2^50 microseconds keep about 0.1 us in a double: round
+	 * the units in the bucket to a millionth so 2 requests show as 2.
+	 */
+	l->usage = DoubleToAmount(round((t - (double) at) / EmissionInterval(l) * 1e6) / 1e6);
 	l->reset_at = (TimestampTz) ceil(t);
 }
 
@@ -96,8 +100,11 @@ Exceeds(const FeatureLimit *l, Amount cap)
 		double		now = (double) l->window_start;
 		double		new_tat = Max(l->tat, now) + AmountToDouble(l->requested) * T;
 
-		/* a nanosecond of tolerance for the rounding of T */
-		return new_tat - now > AmountToDouble(cap) * T + 1e-3;
+		/*
+		 * A microsecond of tolerance: a double holds a timestamp to about
+		 * 0.1 us, so a burst's last unit must not be refused by rounding.
+		 */
+		return new_tat - now > AmountToDouble(cap) * T + 1.0;
 	}
 	return l->usage + l->requested > cap;
 }
