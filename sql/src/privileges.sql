@@ -59,7 +59,8 @@ GRANT EXECUTE ON FUNCTION
     usage_guard.request_enforce(text, text, text, numeric, text, jsonb, interval, timestamptz),
     usage_guard.request_throttle(text, text, text, numeric, timestamptz),
     usage_guard.lease_acquire(text, text, interval, timestamptz),
-    usage_guard.lease_release(text, uuid)
+    usage_guard.lease_release(text, uuid),
+    usage_guard.model_cost(text, numeric, numeric, numeric, timestamptz)
     TO usage_guard_application;
 
 -- Reader: read the catalog and the ledger, and the functions that report
@@ -69,7 +70,8 @@ GRANT SELECT ON
     usage_guard.tenant_subscriptions, usage_guard.tenant_overrides,
     usage_guard.usage_events, usage_guard.usage_resets, usage_guard.subscription_usage,
     usage_guard.usage_daily, usage_guard.usage_monthly,
-    usage_guard.subjects, usage_guard.subject_limits, usage_guard.leases
+    usage_guard.subjects, usage_guard.subject_limits, usage_guard.leases,
+    usage_guard.models, usage_guard.model_prices
     TO usage_guard_reader;
 GRANT EXECUTE ON FUNCTION
     usage_guard.get_usage_totals(text, timestamptz, timestamptz, text[]),
@@ -96,7 +98,8 @@ GRANT EXECUTE ON FUNCTION
 GRANT SELECT, INSERT, UPDATE, DELETE ON
     usage_guard.features, usage_guard.plans, usage_guard.plan_features,
     usage_guard.tenant_subscriptions, usage_guard.tenant_overrides,
-    usage_guard.subjects, usage_guard.subject_limits
+    usage_guard.subjects, usage_guard.subject_limits,
+    usage_guard.models, usage_guard.model_prices
     TO usage_guard_admin;
 GRANT SELECT, DELETE ON usage_guard.leases TO usage_guard_admin;
 GRANT INSERT ON usage_guard.usage_events, usage_guard.usage_resets TO usage_guard_admin;
