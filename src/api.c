@@ -157,13 +157,6 @@ RequireFeature(const Policy *policy)
 				 errhint("Features are rows of usage_guard.features.")));
 }
 
-/* A feature named by a call that needs no subscription access to it */
-static void
-RequireFeatureExists(const Policy *policy)
-{
-	RequireFeature(policy);
-}
-
 /* The feature must exist and the subscription grant access */
 static void
 RequireAccess(const Policy *policy)
@@ -683,8 +676,8 @@ DecideRequest(FunctionCallInfo fcinfo, RequestCall call)
 	GetPolicy(tenant_id, feature_key ? feature_key : "", &policy);
 	if (feature_key && call != REQUEST_THROTTLE)
 		RequireAccess(&policy);
-	else if (feature_key && !policy.feature_exists)
-		RequireFeatureExists(&policy);
+	else if (feature_key)
+		RequireFeature(&policy);
 	if ((!feature_key || call == REQUEST_THROTTLE) &&
 		(!policy.has_subscription ||
 			 (strcmp(policy.status, "active") != 0 && strcmp(policy.status, "trialing") != 0)))

@@ -131,6 +131,7 @@ extern void RollingShmemRequest(void);
 extern void RollingShmemStartup(void);
 extern bool RollingAvailable(void);
 extern int64 RollingGranularity(int64 length);
+extern int64 BucketOf(TimestampTz t, int64 g);
 extern int32 RingAlloc(int64 length, int64 head);
 extern void RingFree(int32 id);
 extern int64 RingBucketNo(int32 id, TimestampTz t);

@@ -179,6 +179,31 @@ TargetWindows(const EngineRequest *r, int target, TimestampTz *starts, Timestamp
 	return m;
 }
 
+/*
+ * Is one of a target's next windows (the period after the current one)
+ * not in shared memory yet?  Under its partition lock.
+ */
+static bool
+NextWindowsMissing(const EngineRequest *r, int t)
+{
+	const EngineTarget *tg = &r->targets[t];
+	TimestampTz starts[UG_MAX_LOAD],
+				ends[UG_MAX_LOAD];
+	int			ncur;
+	int			m;
+	CounterEntry *entry;
+
+	if (!tg->has_windows)
+		return false;
+	Assert(LWLockHeldByMe(CounterPartitionLock(tg->hash)));
+	m = TargetWindows(r, t, starts, ends, true, &ncur);
+	entry = CounterLookup(&tg->key, tg->hash);
+	for (int i = ncur; i < m; i++)
+		if (entry == NULL || CounterFindWindow(entry, starts[i], ends[i]) == NULL)
+			return true;
+	return false;
+}
+
 /* The distinct partitions of the targets, ascending (lock rule 2) */
 static int
 Partitions(const EngineRequest *r, int *parts)
@@ -242,10 +267,11 @@ Emission(const FeatureLimit *l)
  * Read the state of every limit from shared memory, under the partition
  * locks.  Quotas (when `quotas`) from their windows: false if a window is
  * missing (missing[t] set).  Rate limits from their entry's GCRA state; a
- * key never seen is a rate limit with nothing recent.
+ * key never seen is a rate limit with nothing recent, unless the caller is
+ * about to advance it (`rate_entries`): then its entry is missing too.
  */
 static bool
-ReadState(EngineRequest *r, bool quotas, bool *missing)
+ReadState(EngineRequest *r, bool quotas, bool rate_entries, bool *missing)
 {
 	bool		ok = true;
 
@@ -259,6 +285,11 @@ ReadState(EngineRequest *r, bool quotas, bool *missing)
 		if (!tg->has_windows && !tg->has_rates)
 			continue;
 		entry = CounterLookup(&tg->key, tg->hash);
+		if (entry == NULL && rate_entries && tg->has_rates)
+		{
+			missing[t] = true;
+			ok = false;
+		}
 		for (int i = 0; i < r->nlimits; i++)
 		{
 			FeatureLimit *l = &r->limits[i];
@@ -378,7 +409,7 @@ TableRead(EngineRequest *r)
 		{
 			/* the ring's rule: since the start of the bucket L before `at` */
 			int64		g = RollingGranularity(l->length);
-			int64		a = r->at >= 0 ? r->at / g : -((-r->at + g - 1) / g);
+			int64		a = BucketOf(r->at, g);
 
 			l->usage = LedgerWindowSum(r->tenant_id, r->targets[l->target].key.subject_id,
 									   r->feature_key, a * g - l->length, DT_NOEND);
@@ -423,7 +454,7 @@ EngineCheck(EngineRequest *r)
 		for (int attempt = 0; attempt < 2 && !ok; attempt++)
 		{
 			LockPartitions(parts, nparts, LW_SHARED);
-			ok = ReadState(r, true, missing);
+			ok = ReadState(r, true, false, missing);
 			UnlockPartitions(parts, nparts);
 			for (int t = 0; !ok && attempt == 0 && t < r->ntargets; t++)
 				if (missing[t] && !LoadTarget(r, t, false, false))
@@ -458,21 +489,11 @@ FastConsume(EngineRequest *r, Decision **d)
 	 * would deadlock with another doing the same.
 	 */
 	LockPartitions(parts, nparts, LW_SHARED);
-	(void) ReadState(r, true, missing);
+	(void) ReadState(r, true, true, missing);
 	UnlockPartitions(parts, nparts);
 	for (int t = 0; t < r->ntargets; t++)
-	{
-		bool		need = missing[t];
-
-		if (r->targets[t].has_rates)
-		{
-			LWLockAcquire(CounterPartitionLock(r->targets[t].hash), LW_SHARED);
-			need |= (CounterLookup(&r->targets[t].key, r->targets[t].hash) == NULL);
-			LWLockRelease(CounterPartitionLock(r->targets[t].hash));
-		}
-		if (need && !LoadTarget(r, t, true, true))
+		if (missing[t] && !LoadTarget(r, t, true, true))
 			return false;
-	}
 
 	/* rule 1: a writer holds this until its transaction ends: loaders wait for it */
 	for (int t = 0; t < r->ntargets; t++)
@@ -481,22 +502,16 @@ FastConsume(EngineRequest *r, Decision **d)
 
 	for (int attempt = 0; attempt < 3; attempt++)
 	{
-		bool		ok;
+		bool		next_missing[UG_MAX_TARGETS];
 
 		LockPartitions(parts, nparts, LW_EXCLUSIVE);
-		ok = ReadState(r, true, missing);
-		for (int t = 0; ok && t < r->ntargets; t++)
-			if (r->targets[t].has_rates &&
-				CounterLookup(&r->targets[t].key, r->targets[t].hash) == NULL)
-			{
-				ok = false;
-				missing[t] = true;
-			}
-		if (ok)
+		if (ReadState(r, true, true, missing))
 		{
 			*d = Evaluate(r);
 			if ((*d)->allowed)
 				Apply(r, true);
+			for (int t = 0; t < r->ntargets; t++)
+				next_missing[t] = NextWindowsMissing(r, t);
 			UnlockPartitions(parts, nparts);
 			/*
 			 * Refused: nothing of this call is in flight, so its writer locks
@@ -508,14 +523,14 @@ FastConsume(EngineRequest *r, Decision **d)
 				ReleaseKeyLocks(r, RowExclusiveLock);
 			/* have the next windows ready before their period starts */
 			for (int t = 0; t < r->ntargets; t++)
-				if (r->targets[t].has_windows)
+				if (next_missing[t])
 					(void) LoadTarget(r, t, false, true);
 			return true;
 		}
 		UnlockPartitions(parts, nparts);
 		/* evicted meanwhile: holding the writer lock, never wait for the loader lock */
 		for (int t = 0; t < r->ntargets; t++)
-			if ((missing[t] || r->targets[t].has_rates) && !LoadTarget(r, t, false, false))
+			if (missing[t] && !LoadTarget(r, t, false, false))
 				return false;
 	}
 	return false;
@@ -561,7 +576,7 @@ TableConsume(EngineRequest *r)
 		return d;
 	}
 	LockPartitions(parts, nparts, LW_EXCLUSIVE);
-	(void) ReadState(r, false, missing);
+	(void) ReadState(r, false, false, missing);
 	d = Evaluate(r);
 	if (d->allowed)
 		Apply(r, true);

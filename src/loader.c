@@ -46,7 +46,7 @@ LoadRolling(const CounterKey *key, uint32 hash, TimestampTz start, int64 length,
 {
 	int64		g = RollingGranularity(length);
 	int64		n = length / g;
-	int64		a = at >= 0 ? at / g : -((-at + g - 1) / g);
+	int64		a = BucketOf(at, g);
 	int64		head = a;
 	TimestampTz since = (a - n) * g;
 	TimestampTz *bstarts;

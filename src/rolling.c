@@ -193,12 +193,17 @@ RingFree(int32 id)
 	SpinLockRelease(&pool->mutex);
 }
 
+/* The bucket of width g containing t: floor(t / g), also before 2000 */
+int64
+BucketOf(TimestampTz t, int64 g)
+{
+	return t >= 0 ? t / g : -((-t + g - 1) / g);
+}
+
 int64
 RingBucketNo(int32 id, TimestampTz t)
 {
-	int64		g = rings[id].g;
-
-	return t >= 0 ? t / g : -((-t + g - 1) / g);
+	return BucketOf(t, rings[id].g);
 }
 
 /* Add to the bucket of `at` a ring with `head` set at load (loader only) */
