@@ -226,3 +226,41 @@ SELECT metric, labels->>'limit_kind' AS kind, labels->>'level' AS level, value >
 SELECT labels->>'level' AS level, value >= 0 AS ok FROM usage_guard.metrics()
  WHERE metric = 'usage_guard_leases' ORDER BY 1;
 SELECT usage_guard.metrics_text() LIKE '%# TYPE usage_guard_leases gauge%' AS has_leases_family;
+
+-- Row-level security on the ledger scopes the gateway calls as it scopes
+-- usage_consume: an application role kept away from tenant gw may neither
+-- decide, throttle, take nor release for it, and nothing changes
+CREATE ROLE gw_app;
+GRANT usage_guard_application TO gw_app;
+CREATE TEMP TABLE gw_lease AS
+SELECT lease_id FROM usage_guard.lease_acquire('gw', 'key-3', '1 minute');
+GRANT SELECT ON gw_lease TO gw_app;
+ALTER TABLE usage_guard.usage_events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY gw_scope ON usage_guard.usage_events TO gw_app
+    USING (tenant_id <> 'gw') WITH CHECK (tenant_id <> 'gw');
+SELECT count(*) AS rows_before FROM usage_guard.usage_events WHERE tenant_id = 'gw';
+SET ROLE gw_app;
+SELECT try($$SELECT usage_guard.request_check('gw', 'key-3', 'gw_tokens', 1)$$);
+SELECT try($$SELECT usage_guard.request_consume('gw', 'key-3', 'gw_tokens', 1)$$);
+SELECT try($$SELECT usage_guard.request_throttle('gw', 'key-3')$$);
+SELECT try($$SELECT usage_guard.lease_acquire('gw', 'key-3', '1 minute')$$);
+SELECT try(format('SELECT usage_guard.lease_release(%L, %L)', 'gw', (SELECT lease_id FROM gw_lease)));
+-- the tables stay closed to the application level
+SELECT try($$SELECT count(*) FROM usage_guard.subjects$$);
+SELECT try($$DELETE FROM usage_guard.leases$$);
+RESET ROLE;
+-- a policy that lets gw_app act for gw: the same calls work
+DROP POLICY gw_scope ON usage_guard.usage_events;
+CREATE POLICY gw_scope ON usage_guard.usage_events TO gw_app
+    USING (tenant_id = 'gw') WITH CHECK (tenant_id = 'gw');
+SET ROLE gw_app;
+SELECT allowed FROM usage_guard.request_check('gw', 'key-3', 'gw_tokens', 1);
+SELECT usage_guard.lease_release('gw', (SELECT lease_id FROM gw_lease));
+RESET ROLE;
+SELECT count(*) AS rows_after FROM usage_guard.usage_events WHERE tenant_id = 'gw';
+SELECT released_at IS NOT NULL AS released FROM usage_guard.leases
+ WHERE lease_id = (SELECT lease_id FROM gw_lease) AND holder_id = 'key-3';
+DROP POLICY gw_scope ON usage_guard.usage_events;
+ALTER TABLE usage_guard.usage_events DISABLE ROW LEVEL SECURITY;
+DROP TABLE gw_lease;
+DROP ROLE gw_app;
