@@ -7,7 +7,7 @@
 --   usage_guard_admin        everything: catalog, adjustments, resets, sync,
 --                            metering, maintenance (and both levels above)
 -- The functions are the boundary.  The application level has EXECUTE on
--- four functions and no table privilege; what usage_guard reads and writes
+-- the decision, gateway and pricing functions and no table privilege; what usage_guard reads and writes
 -- for it (policies, window sums, idempotency keys, ledger rows) runs as the
 -- ledger's owner.  PUBLIC has nothing.
 --
