@@ -5,7 +5,7 @@ EXTENSION = usage_guard
 EXTVERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'.*/\1/p" usage_guard.control)
 
 MODULE_big = usage_guard
-OBJS = src/usage_guard.o src/api.o src/engine.o src/subjects.o src/rolling.o src/amount.o src/cache.o src/counters.o \
+OBJS = src/usage_guard.o src/args.o src/api.o src/gateway.o src/alerts.o src/engine.o src/subjects.o src/rolling.o src/amount.o src/cache.o src/counters.o \
        src/loader.o src/security.o \
        src/decision.o src/ledger.o src/period.o src/policy.o src/query.o \
        src/writes.o src/metrics.o
@@ -24,7 +24,7 @@ endif
 # concern, assembled in this order (each file uses only objects of the files
 # before it).  The released scripts (0.1.0's full script and every upgrade
 # A--B) are installed as they are: they are what installed databases ran.
-SQL_SRC = sql/src/catalog.sql sql/src/ledger.sql sql/src/decisions.sql sql/src/gateway.sql sql/src/models.sql \
+SQL_SRC = sql/src/catalog.sql sql/src/ledger.sql sql/src/decisions.sql sql/src/gateway.sql sql/src/models.sql sql/src/admission.sql \
           sql/src/counters.sql sql/src/reports.sql sql/src/operations.sql \
           sql/src/privileges.sql
 DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
@@ -32,7 +32,7 @@ DATA = $(filter-out $(DATA_built),sql/$(EXTENSION)--0.1.0.sql $(wildcard sql/$(E
 
 REGRESS = setup catalog check consume record periods billing overrides \
           idempotency soft_mode errors totals meter_table counters metrics rollups maintenance sync reports \
-          privileges search_path names plan_defaults gateway models upgrade
+          privileges search_path names plan_defaults gateway models admission upgrade
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/usage_guard.conf
 
 ISOLATION = consume_last_unit reload_after_restart catalog_change ledger_rules_change \

@@ -37,115 +37,6 @@ typedef enum CallMode
 	CALL_ENFORCE
 } CallMode;
 
-/* A text argument that must be present, non-empty and of sane length */
-static char *
-RequiredText(FunctionCallInfo fcinfo, int argno, const char *name)
-{
-	char	   *s;
-
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be NULL", name)));
-	s = text_to_cstring(PG_GETARG_TEXT_PP(argno));
-	if (s[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be empty", name)));
-	if (strlen(s) > UG_NAME_MAX)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s is too long", name),
-				 errdetail("It has %zu bytes; at most %d are allowed.", strlen(s), UG_NAME_MAX)));
-	return s;
-}
-
-/* An optional text argument (idempotency key): NULL allowed, empty not */
-static char *
-OptionalText(FunctionCallInfo fcinfo, int argno, const char *name)
-{
-	if (PG_ARGISNULL(argno))
-		return NULL;
-	return RequiredText(fcinfo, argno, name);
-}
-
-/* An amount: finite, not negative, at most 1e15 */
-static Numeric
-RequiredAmount(FunctionCallInfo fcinfo, int argno)
-{
-	Numeric		n;
-
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("amount must not be NULL")));
-	n = PG_GETARG_NUMERIC(argno);
-	if (numeric_is_nan(n) || numeric_is_inf(n))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("amount must be a finite number")));
-	if (DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(n),
-										  NumericGetDatum(int64_to_numeric(0)))) < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("amount must not be negative"),
-				 errhint("Corrections are ledger rows of kind 'adjustment'.")));
-	if (DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(n),
-										  NumericGetDatum(int64_to_numeric(USAGE_GUARD_MAX_AMOUNT)))) > 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("amount is out of range"),
-				 errdetail("An amount must be at most 1e15.")));
-	return n;
-}
-
-/* A time argument: present and finite */
-static TimestampTz
-RequiredTime(FunctionCallInfo fcinfo, int argno, const char *name)
-{
-	TimestampTz ts;
-
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be NULL", name)));
-	ts = PG_GETARG_TIMESTAMPTZ(argno);
-	if (TIMESTAMP_NOT_FINITE(ts))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must be finite", name)));
-	return ts;
-}
-
-/* The attributes argument: a JSON object, NULL taken as {} */
-static Datum
-Attributes(FunctionCallInfo fcinfo, int argno)
-{
-	Jsonb	   *j;
-
-	if (PG_ARGISNULL(argno))
-		return DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"));
-	j = PG_GETARG_JSONB_P(argno);
-	if (!JB_ROOT_IS_OBJECT(j) || JB_ROOT_IS_SCALAR(j))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("attributes must be a JSON object")));
-	return PointerGetDatum(j);
-}
-
-/* The amount argument as an Amount (at most 12 decimal places) */
-static Amount
-ToAmount(Numeric n)
-{
-	Amount		a;
-
-	if (!NumericToAmount(n, &a))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("amount must have at most %d decimal places", AMOUNT_SCALE_DIGITS)));
-	return a;
-}
-
 /* The feature of a policy must exist */
 static void
 RequireFeature(const Policy *policy)
@@ -403,7 +294,7 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 	RequireAccess(&policy);
 	EngineInit(r, tenant_id, policy.plan_code, feature_key, &policy, at, amount);
 	t = EngineAddTarget(r, NULL, feature_key, true);
-	EngineAddTenantQuotas(r, t);
+	EngineAddTenantQuotas(r, t, &policy);
 
 	if (mode == CALL_CHECK)
 	{
@@ -490,110 +381,10 @@ usage_record(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(inserted);
 }
 
-/* An optional interval argument in [1 second, 1 day]: a lease's TTL */
-static bool
-LeaseTtl(FunctionCallInfo fcinfo, int argno, bool required, int64 *usecs)
-{
-	Interval   *iv;
-	int64		total;
-
-	if (PG_ARGISNULL(argno))
-	{
-		if (required)
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("ttl must not be NULL")));
-		return false;
-	}
-	iv = PG_GETARG_INTERVAL_P(argno);
-	total = iv->time;
-	if (iv->month != 0 || iv->day < 0 || iv->day > 1 ||
-		pg_add_s64_overflow(total, (int64) iv->day * USECS_PER_DAY, &total) ||
-		total < USECS_PER_SEC || total > USECS_PER_DAY)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("a lease's ttl must be between 1 second and 1 day"),
-				 errhint("A lease frees itself after its ttl; release it earlier with lease_release().")));
-	*usecs = total;
-	return true;
-}
-
-/*
- * The limits of a subject's chain as an engine request: the tenant's plan
- * quotas and every subject_limits row in force, each on the counter key of
- * its level (quotas and feature rates on the feature's key, request rates
- * on the level's request key ""); concurrency limits carry no key.  Targets
- * are added from the tenant down, the order their key locks are taken in.
- */
 static void
 BuildRequest(EngineRequest *r, const SubjectPolicy *sp, bool quotas, bool rates)
 {
-	int			feature_target[UG_MAX_LEVELS];
-	int			request_target[UG_MAX_LEVELS];
-
-	for (int i = sp->nlevels - 1; i >= 0; i--)
-	{
-		const char *subject = sp->levels[i].subject_id[0] ? sp->levels[i].subject_id : NULL;
-		bool		feature_rates = false;
-
-		feature_target[i] = request_target[i] = -1;
-		for (int k = 0; rates && !quotas && r->feature_key && k < sp->nlimits; k++)
-			feature_rates |= (sp->limits[k].level == i && sp->limits[k].kind == LIMIT_RATE &&
-							  !sp->limits[k].counts_requests);
-		if (quotas || feature_rates)
-			feature_target[i] = EngineAddTarget(r, subject, r->feature_key, quotas);
-	}
-	if (quotas)
-		EngineAddTenantQuotas(r, feature_target[sp->nlevels - 1]);
-	for (int k = 0; k < sp->nlimits; k++)
-	{
-		const SubjectLimit *sl = &sp->limits[k];
-		const SubjectLevel *lv = &sp->levels[sl->level];
-		const char *subject = lv->subject_id[0] ? lv->subject_id : NULL;
-		int			target = -1;
-		FeatureLimit *l;
-
-		if ((sl->kind == LIMIT_QUOTA && !quotas) || (sl->kind == LIMIT_RATE && !rates))
-			continue;
-		if (sl->kind == LIMIT_RATE && sl->counts_requests)
-		{
-			if (request_target[sl->level] < 0)
-				request_target[sl->level] = EngineAddTarget(r, subject, "", false);
-			target = request_target[sl->level];
-		}
-		else if (sl->kind != LIMIT_CONCURRENCY)
-			target = feature_target[sl->level];
-		l = EngineAddLimit(r, target, sl->kind, lv->level, subject);
-		l->period = sl->period;
-		l->length = sl->kind == LIMIT_QUOTA ? sl->rolling : sl->length;
-		l->limits = sl->limits;
-		l->burst = sl->burst;
-		if (sl->kind == LIMIT_RATE)
-		{
-			l->unit = sl->counts_requests ? "requests" : r->feature_key;
-			l->requested = sl->counts_requests ? AMOUNT_ONE : r->amount;
-		}
-		if (sl->kind == LIMIT_CONCURRENCY)
-			l->unit = "requests";
-	}
-}
-
-/* Fill every concurrency limit from the leases table (lease locks, top down) */
-static bool
-CountRequestLeases(EngineRequest *r, const SubjectPolicy *sp)
-{
-	bool		any = false;
-
-	for (int i = r->nlimits - 1; i >= 0; i--)
-	{
-		FeatureLimit *l = &r->limits[i];
-
-		if (l->kind != LIMIT_CONCURRENCY)
-			continue;
-		CountLeases(r->tenant_id, l->subject_id ? l->subject_id : "", r->at, l);
-		any = true;
-	}
-	return any;
+	BuildFeatureRequest(r, sp, r->feature_key, r->amount, r->policy, quotas, rates, true);
 }
 
 typedef enum RequestCall
@@ -724,27 +515,16 @@ DecideRequest(FunctionCallInfo fcinfo, RequestCall call)
 	d = EngineConsume(r);
 	if (d->allowed && feature_key != NULL && call != REQUEST_THROTTLE)
 	{
-		const char *path[UG_MAX_LEVELS];
-		Datum		path_datum;
-		Datum	   *elems = palloc(sizeof(Datum) * UG_MAX_LEVELS);
-		int			n = 0;
-		int			dims[1];
-		int			lbs[1] = {1};
+		Datum		path_datum = SubjectPathDatum(sp);
 
-		for (int i = 0; i < sp->nlevels; i++)
-			if (sp->levels[i].subject_id[0] != '\0')
-				path[n++] = sp->levels[i].subject_id;
-		for (int i = 0; i < n; i++)
-			elems[i] = CStringGetTextDatum(path[i]);
-		dims[0] = n;
-		path_datum = PointerGetDatum(construct_md_array(elems, NULL, 1, dims, lbs, TEXTOID, -1,
-														false, TYPALIGN_INT));
 		SPI_connect();
 		d->recorded = InsertUsageEvent(tenant_id, feature_key, amount_num, at, "consume",
 									   key, attributes, subject_id, path_datum);
 		SPI_finish();
 		if (!d->recorded)
 			UndoRequest(r);
+		else
+			(void) FireAlerts(tenant_id, r->limits, r->nlimits, at, false);
 	}
 	if (d->allowed && lease && (feature_key == NULL || d->recorded))
 		d->lease_id = InsertLease(tenant_id, sp, at, at + ttl);

@@ -219,7 +219,8 @@ EvaluateLimits(const char *tenant_id, const char *plan_code,
 			Amount		cap = Capacity(w);
 			Amount		room = cap - w->usage;
 
-			if (Exceeds(w, cap))
+			/* a limit whose action is alert never refuses: it raises alerts */
+			if (w->action != ACTION_ALERT && Exceeds(w, cap))
 			{
 				TimestampTz r = RetryAt(w, cap);
 
@@ -242,7 +243,7 @@ EvaluateLimits(const char *tenant_id, const char *plan_code,
 		{
 			Amount		room = w->limits.soft - w->usage;
 
-			if (Exceeds(w, w->limits.soft))
+			if (w->action != ACTION_ALERT && Exceeds(w, w->limits.soft))
 			{
 				TimestampTz r = RetryAt(w, w->limits.soft);
 

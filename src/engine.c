@@ -60,6 +60,8 @@ EngineAddTarget(EngineRequest *r, const char *subject_id, const char *feature_ke
 				   subject_id, feature_key);
 	t->hash = CounterKeyHash(&t->key);
 	t->charge = charge;
+	t->amount = r->amount;
+	t->feature_key = feature_key ? feature_key : "";
 	return r->ntargets++;
 }
 
@@ -86,6 +88,11 @@ EngineAddLimit(EngineRequest *r, int target, LimitKind kind, const char *level,
 	l->requested = (kind == LIMIT_QUOTA) ? r->amount : AMOUNT_ONE;
 	if (target >= 0)
 	{
+		/* a request of several features: each target has its own amount */
+		if (r->targets[target].feature_key[0] != '\0')
+			l->unit = r->targets[target].feature_key;
+		if (kind == LIMIT_QUOTA)
+			l->requested = r->targets[target].amount;
 		if (kind == LIMIT_QUOTA)
 			r->targets[target].has_windows = true;
 		else if (kind == LIMIT_RATE)
@@ -94,12 +101,12 @@ EngineAddLimit(EngineRequest *r, int target, LimitKind kind, const char *level,
 	return l;
 }
 
-/* The tenant's plan limits (with overrides) of the feature, on a target */
+/* The tenant's plan limits (with overrides) of a target's feature (its policy) */
 void
-EngineAddTenantQuotas(EngineRequest *r, int target)
+EngineAddTenantQuotas(EngineRequest *r, int target, const Policy *policy)
 {
 	FeatureLimit tmp[PERIOD_KINDS];
-	int			n = EffectiveLimits(r->policy, r->at, tmp);
+	int			n = EffectiveLimits(policy, r->at, tmp);
 
 	for (int i = 0; i < n; i++)
 	{
@@ -343,7 +350,7 @@ Apply(EngineRequest *r, bool count)
 			continue;
 		entry = CounterLookup(&tg->key, tg->hash);
 		if (tg->charge && count)
-			tg->write = CountWrite(entry, &tg->key, tg->hash, r->at, r->amount, r->undoable);
+			tg->write = CountWrite(entry, &tg->key, tg->hash, r->at, tg->amount, r->undoable);
 		for (int i = 0; entry != NULL && i < r->nlimits; i++)
 		{
 			FeatureLimit *l = &r->limits[i];
@@ -412,13 +419,15 @@ TableRead(EngineRequest *r)
 			int64		a = BucketOf(r->at, g);
 
 			l->usage = LedgerWindowSum(r->tenant_id, r->targets[l->target].key.subject_id,
-									   r->feature_key, a * g - l->length, DT_NOEND);
+									   r->targets[l->target].feature_key, a * g - l->length,
+									   DT_NOEND);
 			/* without the buckets: everything has left one window later */
 			l->free_at = l->reset_at = (a + 1) * g + l->length;
 			continue;
 		}
 		l->usage = LedgerWindowSum(r->tenant_id, r->targets[l->target].key.subject_id,
-								   r->feature_key, l->window_start, l->window_end);
+								   r->targets[l->target].feature_key, l->window_start,
+								   l->window_end);
 	}
 	SPI_finish();
 }

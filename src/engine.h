@@ -9,8 +9,12 @@
 
 #include "usage_guard.h"
 
-/* api_key, user, team, tenant: quota key and request-rate key each */
-#define UG_MAX_TARGETS	8
+/*
+ * api_key, user, team, tenant: a key per feature (admit charges tokens and
+ * cost) and a request-rate key each
+ */
+#define UG_MAX_FEATURES	2
+#define UG_MAX_TARGETS	(4 * (UG_MAX_FEATURES + 1))
 #define UG_MAX_LIMITS	64
 #define UG_MAX_LOAD		(2 * UG_MAX_WINDOWS)	/* windows loaded for one key at once */
 
@@ -26,6 +30,8 @@ typedef struct EngineTarget
 	bool		charge;			/* a ledger row is counted here */
 	bool		has_windows;	/* some quota limit reads a window */
 	bool		has_rates;
+	Amount		amount;			/* charged to its quota windows */
+	const char *feature_key;	/* "" for a request-rate key */
 	LocalWrite *write;
 } EngineTarget;
 
@@ -33,10 +39,10 @@ typedef struct EngineRequest
 {
 	const char *tenant_id;
 	const char *plan_code;
-	const char *feature_key;	/* NULL: no feature (a lease only) */
+	const char *feature_key;	/* NULL: no feature (a lease only); the first of several */
 	const Policy *policy;		/* the tenant's: billing anchor of windows */
 	TimestampTz at;
-	Amount		amount;			/* charged to every quota window */
+	Amount		amount;			/* default amount of a new target */
 	bool		undoable;		/* the ledger insert may turn out a duplicate */
 	bool		quotas;			/* the feature's quotas are judged: none = not included */
 	int			ntargets;
@@ -52,7 +58,7 @@ extern int	EngineAddTarget(EngineRequest *r, const char *subject_id, const char 
 							bool charge);
 extern FeatureLimit *EngineAddLimit(EngineRequest *r, int target, LimitKind kind,
 									const char *level, const char *subject_id);
-extern void EngineAddTenantQuotas(EngineRequest *r, int target);
+extern void EngineAddTenantQuotas(EngineRequest *r, int target, const Policy *policy);
 extern Decision *EngineCheck(EngineRequest *r);
 extern Decision *EngineConsume(EngineRequest *r);
 extern void EngineReportTablePath(void);

@@ -611,15 +611,20 @@ usage_guard_ledger_insert(PG_FUNCTION_ARGS)
 	 */
 	CheckRowNames(tenant_id, feature_key);
 	if (strcmp(kind, "consume") != 0 && strcmp(kind, "record") != 0 &&
-		strcmp(kind, "adjustment") != 0)
-		LedgerRowError("kind must be consume, record or adjustment");
+		strcmp(kind, "adjustment") != 0 && strcmp(kind, "reserve") != 0 &&
+		strcmp(kind, "settle") != 0 && strcmp(kind, "release") != 0)
+		LedgerRowError("kind must be consume, record, adjustment, reserve, settle or release");
 	/* raw size: a long key may be stored compressed or out of line */
 	if (!key_null && (toast_raw_datum_size(key_datum) == VARHDRSZ ||
 					  toast_raw_datum_size(key_datum) > VARHDRSZ + UG_NAME_MAX))
 		LedgerRowError(psprintf("idempotency_key must be NULL or 1 to %d bytes", UG_NAME_MAX));
 	amount = RowAmount(amount_num);
-	if (amount < 0 && strcmp(kind, "adjustment") != 0)
-		LedgerRowError("only rows of kind adjustment may have a negative amount");
+	/* settle gives back the part of an estimate not used; release all of it */
+	if (amount < 0 && strcmp(kind, "adjustment") != 0 && strcmp(kind, "settle") != 0 &&
+		strcmp(kind, "release") != 0)
+		LedgerRowError("only rows of kind adjustment, settle or release may have a negative amount");
+	if (amount > 0 && strcmp(kind, "release") == 0)
+		LedgerRowError("rows of kind release give back: their amount is not positive");
 	if (!isfinite_ts(at))
 		LedgerRowError("occurred_at must be finite");
 

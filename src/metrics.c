@@ -36,7 +36,9 @@ typedef enum MetricKind
 	METRIC_POLICY_ERROR,
 	METRIC_CHECK,
 	METRIC_LIMIT_CHECK,			/* code = LimitKind, feature_key = level */
-	METRIC_LIMIT_REFUSAL		/* code = LimitKind, feature_key = level */
+	METRIC_LIMIT_REFUSAL,		/* code = LimitKind, feature_key = level */
+	METRIC_ACTION,				/* feature_key = action */
+	METRIC_RESERVATION			/* feature_key = outcome */
 } MetricKind;
 
 typedef struct MetricKey
@@ -228,6 +230,22 @@ MetricsCountPolicyError(const char *plan_code, bool no_subscription)
 		Increment(METRIC_POLICY_ERROR, no_subscription ? 1 : 0, plan_code, NULL);
 }
 
+/* An admission's enforcement action (block, alert, downgrade, queue) */
+void
+MetricsCountAction(const char *action, const char *plan_code)
+{
+	if (metrics != NULL && strcmp(action, "none") != 0)
+		Increment(METRIC_ACTION, 0, plan_code, action);
+}
+
+/* A reservation's step: admitted, settled, cancelled, expired */
+void
+MetricsCountReservation(const char *outcome, int64 n)
+{
+	for (int64 i = 0; metrics != NULL && i < n; i++)
+		Increment(METRIC_RESERVATION, 0, NULL, outcome);
+}
+
 /* Add a decision's duration to the histogram */
 void
 MetricsObserveLatency(instr_time elapsed)
@@ -355,6 +373,13 @@ usage_guard_metrics(PG_FUNCTION_ARGS)
 				   psprintf("{\"limit_kind\": %s, \"level\": %s, \"plan_code\": %s}",
 							JsonString(LimitKindName((LimitKind) c->key.code)),
 							JsonString(c->key.feature_key), JsonString(c->key.plan_code)), v);
+		else if (c->key.kind == METRIC_ACTION)
+			PutRow(rsinfo, "usage_guard_enforcement_actions_total",
+				   psprintf("{\"action\": %s, \"plan_code\": %s}",
+							JsonString(c->key.feature_key), JsonString(c->key.plan_code)), v);
+		else if (c->key.kind == METRIC_RESERVATION)
+			PutRow(rsinfo, "usage_guard_reservations_total",
+				   psprintf("{\"outcome\": %s}", JsonString(c->key.feature_key)), v);
 		else if (c->key.kind == METRIC_POLICY_ERROR)
 			PutRow(rsinfo, "usage_guard_policy_errors_total",
 				   psprintf("{\"reason\": %s, \"plan_code\": %s}",

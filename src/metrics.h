@@ -17,5 +17,7 @@ extern void MetricsCountDecision(const Decision *d, bool log_hit);
 extern void MetricsCountCheck(const Decision *d);
 extern void MetricsCountPolicyError(const char *plan_code, bool no_subscription);
 extern void MetricsObserveLatency(instr_time elapsed);
+extern void MetricsCountAction(const char *action, const char *plan_code);
+extern void MetricsCountReservation(const char *outcome, int64 n);
 
 #endif							/* USAGE_GUARD_METRICS_H */

@@ -7,7 +7,7 @@
 
 #include "executor/spi.h"
 
-#define QUERY_MAX_ARGS 10
+#define QUERY_MAX_ARGS 16
 
 typedef struct CachedQuery
 {

@@ -64,7 +64,9 @@ static CachedQuery limits_query = {
 	"       c.ord::int4, l.limit_kind, l.feature_key, l.period::text,"
 	"       (extract(epoch FROM l.per) * 1000000)::int8,"
 	"       l.soft_limit, l.hard_limit, l.burst,"
-	"       (extract(epoch FROM l.rolling) * 1000000)::int8"
+	"       (extract(epoch FROM l.rolling) * 1000000)::int8,"
+	"       l.limit_id, l.action, l.alert_at,"
+	"       (extract(epoch FROM l.queue_timeout) * 1000000)::int8, l.queue_depth"
 	"  FROM unnest($3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS c(subject_id, level, role, ord)"
 	"  JOIN usage_guard.subject_limits l ON l.level = c.level"
 	"   AND ((l.tenant_id = $1 AND l.subject_id IS NOT DISTINCT FROM nullif(c.subject_id, ''))"
@@ -104,7 +106,7 @@ static CachedQuery lease_exists_query = {
 	2, {TEXTOID, UUIDOID}
 };
 
-static Datum
+Datum
 TextArray(const char *const *items, int n)
 {
 	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
@@ -133,6 +135,51 @@ ResultAmount(int row, int col, bool *isnull)
 				 errmsg("a limit in usage_guard.subject_limits has more than %d decimal places",
 						AMOUNT_SCALE_DIGITS)));
 	return a;
+}
+
+static LimitAction
+ActionFromName(const char *name)
+{
+	if (strcmp(name, "alert") == 0)
+		return ACTION_ALERT;
+	if (strcmp(name, "downgrade") == 0)
+		return ACTION_DOWNGRADE;
+	if (strcmp(name, "queue") == 0)
+		return ACTION_QUEUE;
+	return ACTION_BLOCK;
+}
+
+/*
+ * alert_at as Amounts.  A limit with action alert and no thresholds alerts
+ * when it is reached (1.0).
+ */
+static void
+ReadThresholds(Datum d, bool isnull, SubjectLimit *l)
+{
+	Datum	   *elems;
+	bool	   *elnulls;
+	int			n;
+
+	l->nthresholds = 0;
+	if (isnull)
+	{
+		if (l->action == ACTION_ALERT)
+			l->thresholds[l->nthresholds++] = AMOUNT_ONE;
+		return;
+	}
+	deconstruct_array(DatumGetArrayTypeP(d), NUMERICOID, -1, false, TYPALIGN_INT,
+					  &elems, &elnulls, &n);
+	for (int i = 0; i < n && l->nthresholds < UG_MAX_THRESHOLDS; i++)
+	{
+		Amount		a;
+
+		if (elnulls[i] || !NumericToAmount(DatumGetNumeric(elems[i]), &a))
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("an alert_at threshold in usage_guard.subject_limits has more than %d decimal places",
+							AMOUNT_SCALE_DIGITS)));
+		l->thresholds[l->nthresholds++] = a;
+	}
 }
 
 /* Read a subject's chain and limits from the catalog */
@@ -196,6 +243,7 @@ LoadSubjectPolicy(const char *tenant_id, const char *subject_id, const char *fea
 			SubjectLimit *l;
 			bool		isnull;
 			char	   *kind;
+			Datum		alert_at;
 
 			if (sp->nlimits >= UG_MAX_SUBJECT_LIMITS)
 				ereport(ERROR,
@@ -230,6 +278,16 @@ LoadSubjectPolicy(const char *tenant_id, const char *subject_id, const char *fea
 			l->burst = ResultAmount(i, 8, &isnull);
 			if (isnull)
 				l->burst = l->limits.hard;
+			l->limit_id = DatumGetInt64(ResultDatum(i, 10, &isnull));
+			l->action = ActionFromName(ResultText(i, 11, &isnull));
+			alert_at = ResultDatum(i, 12, &isnull);
+			ReadThresholds(alert_at, isnull, l);
+			l->queue_timeout = DatumGetInt64(ResultDatum(i, 13, &isnull));
+			if (isnull)
+				l->queue_timeout = 0;
+			l->queue_depth = DatumGetInt32(ResultDatum(i, 14, &isnull));
+			if (isnull)
+				l->queue_depth = 0;
 		}
 	}
 	EndInternal(&ctx);
@@ -362,8 +420,8 @@ CountLeases(const char *tenant_id, const char *holder_id, TimestampTz at, Featur
 }
 
 /* A new lease id (a version 4 UUID) as text */
-static char *
-NewLeaseId(void)
+char *
+NewUuid(void)
 {
 	pg_uuid_t  *uuid = palloc(sizeof(pg_uuid_t));
 
@@ -383,7 +441,7 @@ InsertLease(const char *tenant_id, const SubjectPolicy *sp, TimestampTz at, Time
 	const char *holders[UG_MAX_LEVELS];
 	const char *levels[UG_MAX_LEVELS];
 	Datum		values[7];
-	char	   *id = NewLeaseId();
+	char	   *id = NewUuid();
 	InternalContext ctx;
 
 	for (int i = 0; i < sp->nlevels; i++)
@@ -439,4 +497,112 @@ ReleaseLease(const char *tenant_id, Datum lease_id, TimestampTz at)
 						DatumGetCString(DirectFunctionCall1(uuid_out, lease_id)), tenant_id),
 				 errhint("A lease id is returned by lease_acquire or request_consume(lease_ttl => ...).")));
 	return released;
+}
+
+/*
+ * The limits of a subject's chain for one feature as part of an engine
+ * request: the tenant's plan quotas of the feature and every subject_limits
+ * row in force, each on the counter key of its level (quotas and feature
+ * rates on the feature's key, charged `amount`; request rates on the
+ * level's request key ""); concurrency limits carry no key.  Request rates
+ * and concurrency limits belong to the request, not to a feature: only the
+ * first feature of a request (`per_request`) adds them.  Targets are added
+ * from the tenant down, the order their key locks are taken in.
+ */
+void
+BuildFeatureRequest(EngineRequest *r, const SubjectPolicy *sp, const char *feature_key,
+					Amount amount, const Policy *policy, bool quotas, bool rates,
+					bool per_request)
+{
+	int			feature_target[UG_MAX_LEVELS];
+	int			request_target[UG_MAX_LEVELS];
+
+	for (int i = sp->nlevels - 1; i >= 0; i--)
+	{
+		const char *subject = sp->levels[i].subject_id[0] ? sp->levels[i].subject_id : NULL;
+		bool		feature_rates = false;
+
+		feature_target[i] = request_target[i] = -1;
+		for (int k = 0; rates && !quotas && feature_key && k < sp->nlimits; k++)
+			feature_rates |= (sp->limits[k].level == i && sp->limits[k].kind == LIMIT_RATE &&
+							  !sp->limits[k].counts_requests);
+		if (quotas || feature_rates)
+		{
+			feature_target[i] = EngineAddTarget(r, subject, feature_key, quotas);
+			r->targets[feature_target[i]].amount = amount;
+		}
+	}
+	if (quotas)
+		EngineAddTenantQuotas(r, feature_target[sp->nlevels - 1], policy);
+	for (int k = 0; k < sp->nlimits; k++)
+	{
+		const SubjectLimit *sl = &sp->limits[k];
+		const SubjectLevel *lv = &sp->levels[sl->level];
+		const char *subject = lv->subject_id[0] ? lv->subject_id : NULL;
+		int			target = -1;
+		FeatureLimit *l;
+
+		if ((sl->kind == LIMIT_QUOTA && !quotas) || (sl->kind == LIMIT_RATE && !rates))
+			continue;
+		if (!per_request && (sl->kind == LIMIT_CONCURRENCY ||
+							 (sl->kind == LIMIT_RATE && sl->counts_requests)))
+			continue;
+		if (sl->kind == LIMIT_RATE && sl->counts_requests)
+		{
+			if (request_target[sl->level] < 0)
+				request_target[sl->level] = EngineAddTarget(r, subject, "", false);
+			target = request_target[sl->level];
+		}
+		else if (sl->kind != LIMIT_CONCURRENCY)
+			target = feature_target[sl->level];
+		l = EngineAddLimit(r, target, sl->kind, lv->level, subject);
+		l->period = sl->period;
+		l->length = sl->kind == LIMIT_QUOTA ? sl->rolling : sl->length;
+		l->limits = sl->limits;
+		l->burst = sl->burst;
+		l->limit_id = sl->limit_id;
+		l->action = sl->action;
+		l->nthresholds = sl->nthresholds;
+		memcpy(l->thresholds, sl->thresholds, sizeof(l->thresholds));
+		if (sl->kind == LIMIT_RATE)
+		{
+			l->unit = sl->counts_requests ? "requests" : feature_key;
+			l->requested = sl->counts_requests ? AMOUNT_ONE : amount;
+		}
+		if (sl->kind == LIMIT_CONCURRENCY)
+			l->unit = "requests";
+	}
+}
+
+
+/* Fill every concurrency limit from the leases table (lease locks, top down) */
+bool
+CountRequestLeases(EngineRequest *r, const SubjectPolicy *sp)
+{
+	bool		any = false;
+
+	for (int i = r->nlimits - 1; i >= 0; i--)
+	{
+		FeatureLimit *l = &r->limits[i];
+
+		if (l->kind != LIMIT_CONCURRENCY)
+			continue;
+		CountLeases(r->tenant_id, l->subject_id ? l->subject_id : "", r->at, l);
+		any = true;
+	}
+	return any;
+}
+
+
+/* The subjects of a chain, most specific first (a ledger row's subject_path) */
+Datum
+SubjectPathDatum(const SubjectPolicy *sp)
+{
+	const char *path[UG_MAX_LEVELS];
+	int			n = 0;
+
+	for (int i = 0; i < sp->nlevels; i++)
+		if (sp->levels[i].subject_id[0] != '\0')
+			path[n++] = sp->levels[i].subject_id;
+	return TextArray(path, n);
 }

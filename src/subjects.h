@@ -5,7 +5,7 @@
 #ifndef USAGE_GUARD_SUBJECTS_H
 #define USAGE_GUARD_SUBJECTS_H
 
-#include "usage_guard.h"
+#include "engine.h"
 
 /* api_key, user, team, and the tenant */
 #define UG_MAX_LEVELS 4
@@ -30,6 +30,12 @@ typedef struct SubjectLimit
 	int64		rolling;		/* quota over a rolling window: its length; 0 calendar */
 	LimitPair	limits;
 	Amount		burst;
+	int64		limit_id;
+	LimitAction action;
+	int			nthresholds;
+	Amount		thresholds[UG_MAX_THRESHOLDS];
+	int64		queue_timeout;	/* microseconds; 0 = the default */
+	int			queue_depth;	/* 0 = the default */
 } SubjectLimit;
 
 /* A subject's chain (most specific first, the tenant last) and its limits */
@@ -50,5 +56,12 @@ extern void CountLeases(const char *tenant_id, const char *holder_id, TimestampT
 extern char *InsertLease(const char *tenant_id, const SubjectPolicy *sp, TimestampTz at,
 						 TimestampTz expires);
 extern bool ReleaseLease(const char *tenant_id, Datum lease_id, TimestampTz at);
+extern char *NewUuid(void);
+extern Datum TextArray(const char *const *items, int n);
+extern Datum SubjectPathDatum(const SubjectPolicy *sp);
+extern void BuildFeatureRequest(EngineRequest *r, const SubjectPolicy *sp, const char *feature_key,
+								Amount amount, const Policy *policy, bool quotas, bool rates,
+								bool per_request);
+extern bool CountRequestLeases(EngineRequest *r, const SubjectPolicy *sp);
 
 #endif							/* USAGE_GUARD_SUBJECTS_H */

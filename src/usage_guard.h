@@ -4,7 +4,10 @@
  *
  * Module map:
  *	usage_guard.c	_PG_init, GUCs, shared-memory hooks
- *	api.c			the SQL-callable functions and their argument checks
+ *	api.c			the SQL-callable decision functions (tenant and subject calls)
+ *	gateway.c		admit, settle and cancel: reservations of an LLM gateway
+ *	args.c			argument checks shared by the SQL-callable functions
+ *	alerts.c		alerts at limits' thresholds: once per window, NOTIFY at commit
  *	engine.c		the decision engine: every limit of a request in one atomic step
  *	subjects.c		subjects' chains and limits (cached), leases
  *	rolling.c		rolling windows: rings of buckets in shared memory
@@ -27,6 +30,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "fmgr.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 
@@ -104,6 +108,17 @@ typedef enum LimitKind
 	LIMIT_CONCURRENCY			/* leases held at once */
 } LimitKind;
 
+/* What a limit does when a request would pass it (subject_limits.action) */
+typedef enum LimitAction
+{
+	ACTION_BLOCK,				/* refuse */
+	ACTION_ALERT,				/* allow; alerts at its thresholds */
+	ACTION_DOWNGRADE,			/* admit retries with the model's downgrade_to */
+	ACTION_QUEUE				/* wait for room, then decide */
+} LimitAction;
+
+#define UG_MAX_THRESHOLDS 4
+
 /*
  * One limit in force for a request, with its state: a quota's window and
  * usage, a rate limit's GCRA state, or a subject's live leases.  Every
@@ -129,6 +144,10 @@ typedef struct FeatureLimit
 	double		tat;			/* rate: theoretical arrival time (usec), before */
 	TimestampTz free_at;		/* concurrency: first expiry of a live lease */
 	TimestampTz reset_at;		/* when usage is back to zero */
+	int64		limit_id;		/* subject_limits row; 0 for a plan's quota */
+	LimitAction action;
+	int			nthresholds;	/* alert_at: fractions of the limit */
+	Amount		thresholds[UG_MAX_THRESHOLDS];
 } FeatureLimit;
 
 /* The outcome of evaluating all limits of a request */
@@ -162,6 +181,20 @@ typedef struct InternalContext
 	int			saved_sec;
 	int			guc_level;		/* -1: search_path not pinned */
 } InternalContext;
+
+/* args.c */
+extern char *RequiredText(FunctionCallInfo fcinfo, int argno, const char *name);
+extern char *OptionalText(FunctionCallInfo fcinfo, int argno, const char *name);
+extern Numeric RequiredAmount(FunctionCallInfo fcinfo, int argno);
+extern TimestampTz RequiredTime(FunctionCallInfo fcinfo, int argno, const char *name);
+extern Datum Attributes(FunctionCallInfo fcinfo, int argno);
+extern Amount ToAmount(Numeric n);
+extern bool LeaseTtl(FunctionCallInfo fcinfo, int argno, bool required, int64 *usecs);
+
+/* alerts.c */
+extern int	FireAlerts(const char *tenant_id, const FeatureLimit *limits, int nlimits,
+					   TimestampTz at, bool usage_is_after);
+extern const char *LimitActionName(LimitAction action);
 
 /* usage_guard.c */
 extern int	usage_guard_soft_limit_mode;

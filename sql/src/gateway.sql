@@ -101,6 +101,15 @@ CREATE TRIGGER subjects_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
 --   rate:        hard_limit units per `per` (1 second to 1 hour), optional burst;
 --                feature_key NULL counts requests, else the feature's amount
 --   concurrency: hard_limit leases held at once (feature_key NULL)
+--   model:       the models a subject at `level` may call (models; admit
+--                refuses any other with code model_not_allowed)
+-- action (0.7.0) is what a limit does when a request would pass it:
+--   block (default) refuses; alert (quotas) allows and raises alerts;
+--   downgrade (quotas) lets admit retry with the model's downgrade_to;
+--   queue (rate, concurrency) waits up to queue_timeout for room, with at
+--   most queue_depth requests waiting, then decides.  alert_at: fractions
+--   of the limit (up to 4, e.g. {0.8,1}) at which an alert fires, once per
+--   window and subject (table alerts, NOTIFY usage_guard_alerts).
 CREATE TABLE usage_guard.subject_limits (
     limit_id    bigint GENERATED ALWAYS AS IDENTITY,
     plan_code   text REFERENCES usage_guard.plans ON UPDATE CASCADE ON DELETE CASCADE,
@@ -116,6 +125,12 @@ CREATE TABLE usage_guard.subject_limits (
     soft_limit  numeric,
     hard_limit  numeric,
     burst       numeric,
+    -- 0.7.0: model access, actions
+    models        text[],
+    action        text NOT NULL DEFAULT 'block',
+    alert_at      numeric[],
+    queue_timeout interval,
+    queue_depth   integer,
     CONSTRAINT subject_limits_pkey PRIMARY KEY (limit_id),
     CONSTRAINT subject_limits_subject_fkey FOREIGN KEY (tenant_id, subject_id)
         REFERENCES usage_guard.subjects (tenant_id, subject_id) ON DELETE CASCADE,
@@ -132,6 +147,8 @@ CREATE TABLE usage_guard.subject_limits (
              AND hard_limit IS NOT NULL AND per IS NOT NULL
         WHEN 'concurrency' THEN feature_key IS NULL AND period IS NULL AND rolling IS NULL AND per IS NULL
              AND soft_limit IS NULL AND burst IS NULL AND hard_limit IS NOT NULL
+        WHEN 'model' THEN feature_key IS NULL AND period IS NULL AND rolling IS NULL AND per IS NULL
+             AND soft_limit IS NULL AND hard_limit IS NULL AND burst IS NULL
         ELSE false END),
     CONSTRAINT subject_limits_values_check CHECK (
         (soft_limit IS NULL OR soft_limit >= 0) AND (hard_limit IS NULL OR hard_limit >= 0)
@@ -151,7 +168,22 @@ CREATE TABLE usage_guard.subject_limits (
         AND extract(epoch FROM rolling) = trunc(extract(epoch FROM rolling) / 60) * 60
         AND (rolling <= interval '24 hours'
              OR extract(epoch FROM rolling) = trunc(extract(epoch FROM rolling) / 3600) * 3600))),
-    CONSTRAINT subject_limits_role_check CHECK (role IS NULL OR octet_length(role) BETWEEN 1 AND 255)
+    CONSTRAINT subject_limits_role_check CHECK (role IS NULL OR octet_length(role) BETWEEN 1 AND 255),
+    CONSTRAINT subject_limits_models_check CHECK (
+        (limit_kind = 'model') = (models IS NOT NULL)
+        AND (models IS NULL OR (cardinality(models) BETWEEN 1 AND 1000
+                                AND array_position(models, NULL) IS NULL))),
+    CONSTRAINT subject_limits_action_check CHECK (
+        action IN ('block', 'alert', 'downgrade', 'queue')
+        AND (action <> 'queue' OR limit_kind IN ('rate', 'concurrency'))
+        AND (action NOT IN ('alert', 'downgrade') OR limit_kind = 'quota')),
+    CONSTRAINT subject_limits_alert_at_check CHECK (alert_at IS NULL OR (
+        limit_kind = 'quota' AND cardinality(alert_at) BETWEEN 1 AND 4
+        AND array_position(alert_at, NULL) IS NULL AND 0 < ALL (alert_at) AND 10 >= ALL (alert_at))),
+    CONSTRAINT subject_limits_queue_check CHECK (
+        (action = 'queue' OR (queue_timeout IS NULL AND queue_depth IS NULL))
+        AND (queue_timeout IS NULL OR (queue_timeout > interval '0' AND queue_timeout <= interval '60 seconds'))
+        AND (queue_depth IS NULL OR queue_depth BETWEEN 1 AND 10000))
 );
 CREATE UNIQUE INDEX subject_limits_one_per_window ON usage_guard.subject_limits (
     coalesce(plan_code, ''), coalesce(role, ''), coalesce(tenant_id, ''), coalesce(subject_id, ''),

@@ -45,6 +45,9 @@ CREATE TABLE usage_guard.model_prices (
         AND output_per_million >= 0 AND output_per_million <= 1e6
         AND (cached_input_per_million IS NULL
              OR (cached_input_per_million >= 0 AND cached_input_per_million <= 1e6))
+        -- a million tokens' price to 6 places keeps a token's cost to 12, exact in the counters
+        AND scale(input_per_million) <= 6 AND scale(output_per_million) <= 6
+        AND coalesce(scale(cached_input_per_million), 0) <= 6
         AND isfinite(effective_from))
 );
 COMMENT ON TABLE usage_guard.model_prices IS

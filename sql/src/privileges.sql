@@ -60,7 +60,10 @@ GRANT EXECUTE ON FUNCTION
     usage_guard.request_throttle(text, text, text, numeric, timestamptz),
     usage_guard.lease_acquire(text, text, interval, timestamptz),
     usage_guard.lease_release(text, uuid),
-    usage_guard.model_cost(text, numeric, numeric, numeric, timestamptz)
+    usage_guard.model_cost(text, numeric, numeric, numeric, timestamptz),
+    usage_guard.admit(text, text, text, numeric, numeric, interval, text, jsonb, timestamptz),
+    usage_guard.settle(text, uuid, numeric, numeric, numeric),
+    usage_guard.cancel(text, uuid)
     TO usage_guard_application;
 
 -- Reader: read the catalog and the ledger, and the functions that report
@@ -71,7 +74,8 @@ GRANT SELECT ON
     usage_guard.usage_events, usage_guard.usage_resets, usage_guard.subscription_usage,
     usage_guard.usage_daily, usage_guard.usage_monthly,
     usage_guard.subjects, usage_guard.subject_limits, usage_guard.leases,
-    usage_guard.models, usage_guard.model_prices
+    usage_guard.models, usage_guard.model_prices,
+    usage_guard.reservations, usage_guard.alerts
     TO usage_guard_reader;
 GRANT EXECUTE ON FUNCTION
     usage_guard.get_usage_totals(text, timestamptz, timestamptz, text[]),
@@ -118,5 +122,7 @@ GRANT EXECUTE ON FUNCTION
     usage_guard.unmeter_table(regclass, text),
     usage_guard.metering_trigger(regclass, text),
     usage_guard.meter_row(),
-    usage_guard.purge_leases(interval)
+    usage_guard.purge_leases(interval),
+    usage_guard.expire_reservations(timestamptz)
     TO usage_guard_admin;
+GRANT SELECT, DELETE ON usage_guard.alerts TO usage_guard_admin;
