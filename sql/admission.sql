@@ -162,6 +162,24 @@ SELECT allowed, action, decision FROM usage_guard.admit('ai', 'k-guest', 'haiku'
 SELECT level, subject_id, feature_key, threshold, usage, limit_value, action
   FROM usage_guard.alerts WHERE tenant_id = 'ai' AND feature_key = 'tokens';
 
+-- action queue: a rate limit of 1 request per 2 seconds on k-queue; the
+-- second call waits for its turn (no lock held) and passes, reporting the
+-- action; a call that could not pass within queue_timeout is refused at once
+INSERT INTO usage_guard.subjects (tenant_id, subject_id, level, parent_id) VALUES ('ai', 'k-queue', 'api_key', 'ops-1');
+INSERT INTO usage_guard.subject_limits (tenant_id, subject_id, level, limit_kind, per, hard_limit, action, queue_timeout)
+VALUES ('ai', 'k-queue', 'api_key', 'rate', '2 seconds', 1, 'queue', '5 seconds');
+SELECT allowed, action FROM usage_guard.admit('ai', 'k-queue', 'haiku', 1, 1, at => '2025-11-18 11:20+00');
+SELECT clock_timestamp() AS t0 \gset
+SELECT allowed, action, limit_kind FROM usage_guard.admit('ai', 'k-queue', 'haiku', 1, 1, at => '2025-11-18 11:20+00');
+SELECT clock_timestamp() - :'t0' >= interval '1.9 seconds' AS waited;
+SELECT reserved_at - '2025-11-18 11:20+00' >= interval '1.9 seconds' AS judged_later
+  FROM usage_guard.reservations WHERE subject_id = 'k-queue' ORDER BY reserved_at DESC LIMIT 1;
+UPDATE usage_guard.subject_limits SET queue_timeout = '1 second' WHERE subject_id = 'k-queue';
+SELECT allowed, action, code, retry_after > 0 AS retry FROM usage_guard.admit('ai', 'k-queue', 'haiku', 1, 1, at => '2025-11-18 11:20+00');
+SELECT metric, labels, value FROM usage_guard.metrics()
+ WHERE metric IN ('usage_guard_queued', 'usage_guard_enforcement_actions_total', 'usage_guard_reservations_total')
+ ORDER BY metric, labels::text;
+
 -- an idempotent admit: the retry reports the same reservation and counts nothing
 SELECT allowed, estimated_cost FROM usage_guard.admit('ai', 'k-guest', 'haiku', 100, 100, idempotency_key => 'req-1', at => '2025-11-18 11:15+00');
 SELECT sum(amount) AS before FROM usage_guard.usage_events WHERE tenant_id = 'ai' AND feature_key = 'tokens' \gset

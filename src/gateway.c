@@ -46,6 +46,9 @@
 #define COST_FEATURE	"cost_usd"
 #define MAX_TOKENS		INT64CONST(1000000000000)	/* 1e12 */
 #define MAX_DOWNGRADES	4
+#define QUEUE_TIMEOUT_DEFAULT	(30 * USECS_PER_SEC)	/* seed 002's queue_timeout */
+#define QUEUE_DEPTH_DEFAULT		100					/* and queue_depth */
+#define QUEUE_POLL				(50 * 1000)		/* a concurrency slot: look again every 50 ms */
 
 /* The price of a model at a time, and where a downgrade leads */
 static CachedQuery model_query = {
@@ -225,6 +228,8 @@ typedef struct Admit
 	char	   *lease_id;
 	TimestampTz expires_at;
 	bool		retried;
+	int			queue_slot;		/* -1: not queued */
+	TimestampTz queue_deadline;
 } Admit;
 
 /* The model's price for the estimate and its downgrade (SPI connected) */
@@ -633,6 +638,8 @@ AdmitPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
 	}
 }
 
+static void AdmitDecide(Admit *a, EngineRequest *r);
+
 PG_FUNCTION_INFO_V1(usage_guard_admit);
 /*
  * admit(tenant_id, subject_id, model, input_tokens, output_tokens, ttl,
@@ -653,6 +660,7 @@ usage_guard_admit(PG_FUNCTION_ARGS)
 
 	INSTR_TIME_SET_CURRENT(started);
 	a->mcxt = CurrentMemoryContext;
+	a->queue_slot = -1;
 	a->tenant_id = RequiredText(fcinfo, 0, "tenant_id");
 	a->subject_id = RequiredText(fcinfo, 1, "subject_id");
 	a->requested_model = RequiredText(fcinfo, 2, "model");
@@ -714,13 +722,100 @@ usage_guard_admit(PG_FUNCTION_ARGS)
 	EndInternal(&ctx);
 	SPI_finish();
 
-	for (int downgrades = 0;; downgrades++)
+	PG_TRY();
+	{
+		AdmitDecide(a, r);
+	}
+	PG_FINALLY();
+	{
+		if (a->queue_slot >= 0)
+			QueueLeave(a->queue_slot);
+	}
+	PG_END_TRY();
+
+	INSTR_TIME_SET_CURRENT(elapsed);
+	INSTR_TIME_SUBTRACT(elapsed, started);
+	MetricsObserveLatency(elapsed);
+	MetricsCountDecision(a->d, true);
+	if (!a->d->allowed)
+	{
+		if (strcmp(a->action, "queue") != 0)
+			a->action = "block";
+		a->code = "usage_limit_exceeded";
+		MetricsCountAction(a->action, a->tokens_policy.plan_code);
+		/* the model priced last is the one that was refused */
+		return AdmissionDatum(fcinfo, a);
+	}
+	if (strcmp(a->action, "none") == 0 && PassedAlertLimit(a->d))
+		a->action = "alert";
+	Reserve(a, key, attributes);
+	a->d->recorded = true;
+	(void) FireAlerts(a->tenant_id, r->limits, r->nlimits, a->at, false);
+	MetricsCountAction(a->action, a->tokens_policy.plan_code);
+	MetricsCountReservation("admitted", 1);
+	return AdmissionDatum(fcinfo, a);
+}
+
+/*
+ * Wait for room when the deciding limit's action is queue: true when the
+ * caller should decide again.  Joins the limit's queue on the first wait
+ * (false if it is full), never waits past the limit's timeout, and holds
+ * no lock while it sleeps.
+ */
+static bool
+QueueForRoom(Admit *a, EngineRequest *r)
+{
+	const FeatureLimit *l = a->d->window;
+	int64		timeout;
+	int64		left;
+	int64		wait;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (l == NULL || l->action != ACTION_QUEUE)
+		return false;
+	timeout = l->queue_timeout > 0 ? l->queue_timeout : QUEUE_TIMEOUT_DEFAULT;
+	if (a->queue_slot < 0)
+	{
+		int			slot = QueueSlot(a->tenant_id, l->limit_id, l->subject_id);
+
+		if (!QueueEnter(slot, l->queue_depth > 0 ? l->queue_depth : QUEUE_DEPTH_DEFAULT))
+			return false;
+		a->queue_slot = slot;
+		a->queue_deadline = now + timeout;
+		a->action = "queue";
+	}
+	left = a->queue_deadline - now;
+	if (left <= 0)
+		return false;
+	/* a rate limit says when; a concurrency slot frees when someone releases */
+	if (l->kind == LIMIT_RATE && a->d->has_retry)
+		wait = (int64) (a->d->retry_after * USECS_PER_SEC) + 1;
+	else
+		wait = QUEUE_POLL;
+	if (wait > left)
+		return false;
+	UnlockRequestLeases(r);
+	QueueWait(wait);
+	/* decide again at the time it is now */
+	a->at += GetCurrentTimestamp() - now;
+	return true;
+}
+
+/* The decision loop of admit: downgrades and queue waits, then the decision */
+static void
+AdmitDecide(Admit *a, EngineRequest *r)
+{
+	InternalContext ctx;
+
+	for (int downgrades = 0;;)
 	{
 		bool		downgrade;
 
 		BuildAdmit(a, r, true);
 		a->d = EngineConsume(r);
 		DecidingFeature(a->d);
+		if (!a->d->allowed && QueueForRoom(a, r))
+			continue;
 		downgrade = !a->d->allowed && a->d->window != NULL &&
 			a->d->window->action == ACTION_DOWNGRADE && a->downgrade_to != NULL &&
 			downgrades < MAX_DOWNGRADES;
@@ -738,29 +833,9 @@ usage_guard_admit(PG_FUNCTION_ARGS)
 		}
 		if (!downgrade)
 			break;
+		downgrades++;
 		a->action = "downgrade";
 	}
-
-	INSTR_TIME_SET_CURRENT(elapsed);
-	INSTR_TIME_SUBTRACT(elapsed, started);
-	MetricsObserveLatency(elapsed);
-	MetricsCountDecision(a->d, true);
-	if (!a->d->allowed)
-	{
-		a->action = "block";
-		a->code = "usage_limit_exceeded";
-		MetricsCountAction(a->action, a->tokens_policy.plan_code);
-		/* the model priced last is the one that was refused */
-		return AdmissionDatum(fcinfo, a);
-	}
-	if (strcmp(a->action, "none") == 0 && PassedAlertLimit(a->d))
-		a->action = "alert";
-	Reserve(a, key, attributes);
-	a->d->recorded = true;
-	(void) FireAlerts(a->tenant_id, r->limits, r->nlimits, a->at, false);
-	MetricsCountAction(a->action, a->tokens_policy.plan_code);
-	MetricsCountReservation("admitted", 1);
-	return AdmissionDatum(fcinfo, a);
 }
 
 /* A reservation as read and locked */

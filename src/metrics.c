@@ -408,5 +408,6 @@ usage_guard_metrics(PG_FUNCTION_ARGS)
 	PutRow(rsinfo, "usage_guard_metrics_dropped_total", "{}",
 		   (double) pg_atomic_read_u64(&metrics->dropped));
 	PutLeaseRows(rsinfo);
+	PutRow(rsinfo, "usage_guard_queued", "{}", (double) QueueWaiting());
 	return (Datum) 0;
 }

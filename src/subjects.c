@@ -375,17 +375,43 @@ GetSubjectPolicy(const char *tenant_id, const char *subject_id, const char *feat
 	memcpy(entry, sp, sizeof(SubjectPolicy));
 }
 
+static void
+LeaseHolderTag(LOCKTAG *tag, const char *tenant_id, const char *holder_id)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId,
+						 hash_bytes((const unsigned char *) tenant_id, strlen(tenant_id)),
+						 hash_bytes((const unsigned char *) holder_id, strlen(holder_id)),
+						 UG_LEASE_LOCKTAG_FIELD4);
+}
+
 /* Serialize lease takers of one holder until commit (lock order: before key locks) */
 static void
 LockLeaseHolder(const char *tenant_id, const char *holder_id)
 {
 	LOCKTAG		tag;
 
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId,
-						 hash_bytes((const unsigned char *) tenant_id, strlen(tenant_id)),
-						 hash_bytes((const unsigned char *) holder_id, strlen(holder_id)),
-						 UG_LEASE_LOCKTAG_FIELD4);
+	LeaseHolderTag(&tag, tenant_id, holder_id);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+/*
+ * Give back the lease-holder locks a refused request took (CountRequestLeases),
+ * before it waits in a queue: a lock taken earlier in the transaction stays
+ * (the lock manager counts acquisitions).
+ */
+void
+UnlockRequestLeases(const EngineRequest *r)
+{
+	for (int i = 0; i < r->nlimits; i++)
+	{
+		const FeatureLimit *l = &r->limits[i];
+		LOCKTAG		tag;
+
+		if (l->kind != LIMIT_CONCURRENCY)
+			continue;
+		LeaseHolderTag(&tag, r->tenant_id, l->subject_id ? l->subject_id : "");
+		(void) LockRelease(&tag, ExclusiveLock, false);
+	}
 }
 
 /*
@@ -563,6 +589,8 @@ BuildFeatureRequest(EngineRequest *r, const SubjectPolicy *sp, const char *featu
 		l->limit_id = sl->limit_id;
 		l->action = sl->action;
 		l->nthresholds = sl->nthresholds;
+		l->queue_timeout = sl->queue_timeout;
+		l->queue_depth = sl->queue_depth;
 		memcpy(l->thresholds, sl->thresholds, sizeof(l->thresholds));
 		if (sl->kind == LIMIT_RATE)
 		{

@@ -63,5 +63,6 @@ extern void BuildFeatureRequest(EngineRequest *r, const SubjectPolicy *sp, const
 								Amount amount, const Policy *policy, bool quotas, bool rates,
 								bool per_request);
 extern bool CountRequestLeases(EngineRequest *r, const SubjectPolicy *sp);
+extern void UnlockRequestLeases(const EngineRequest *r);
 
 #endif							/* USAGE_GUARD_SUBJECTS_H */

@@ -36,6 +36,7 @@ ShmemRequest(void)
 	CountersShmemRequest();
 	RollingShmemRequest();
 	MetricsShmemRequest();
+	QueueShmemRequest();
 }
 
 static void
@@ -46,6 +47,7 @@ ShmemStartup(void)
 	CountersShmemStartup();
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	RollingShmemStartup();
+	QueueShmemStartup();
 	LWLockRelease(AddinShmemInitLock);
 	MetricsShmemStartup();
 }

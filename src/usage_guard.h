@@ -8,6 +8,7 @@
  *	gateway.c		admit, settle and cancel: reservations of an LLM gateway
  *	args.c			argument checks shared by the SQL-callable functions
  *	alerts.c		alerts at limits' thresholds: once per window, NOTIFY at commit
+ *	queue.c			the queue action: bounded waits for room, no lock held
  *	engine.c		the decision engine: every limit of a request in one atomic step
  *	subjects.c		subjects' chains and limits (cached), leases
  *	rolling.c		rolling windows: rings of buckets in shared memory
@@ -148,6 +149,8 @@ typedef struct FeatureLimit
 	LimitAction action;
 	int			nthresholds;	/* alert_at: fractions of the limit */
 	Amount		thresholds[UG_MAX_THRESHOLDS];
+	int64		queue_timeout;	/* action queue: microseconds; 0 = the default */
+	int			queue_depth;	/* action queue: 0 = the default */
 } FeatureLimit;
 
 /* The outcome of evaluating all limits of a request */
@@ -195,6 +198,15 @@ extern bool LeaseTtl(FunctionCallInfo fcinfo, int argno, bool required, int64 *u
 extern int	FireAlerts(const char *tenant_id, const FeatureLimit *limits, int nlimits,
 					   TimestampTz at, bool usage_is_after);
 extern const char *LimitActionName(LimitAction action);
+
+/* queue.c */
+extern void QueueShmemRequest(void);
+extern void QueueShmemStartup(void);
+extern int	QueueSlot(const char *tenant_id, int64 limit_id, const char *subject_id);
+extern bool QueueEnter(int slot, int depth);
+extern void QueueLeave(int slot);
+extern void QueueWait(int64 usecs);
+extern int64 QueueWaiting(void);
 
 /* usage_guard.c */
 extern int	usage_guard_soft_limit_mode;
