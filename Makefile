@@ -5,7 +5,7 @@ EXTENSION = usage_guard
 EXTVERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'.*/\1/p" usage_guard.control)
 
 MODULE_big = usage_guard
-OBJS = src/usage_guard.o src/args.o src/api.o src/gateway.o src/alerts.o src/engine.o src/subjects.o src/rolling.o src/amount.o src/cache.o src/counters.o \
+OBJS = src/usage_guard.o src/args.o src/api.o src/gateway.o src/alerts.o src/queue.o src/engine.o src/subjects.o src/rolling.o src/amount.o src/cache.o src/counters.o \
        src/loader.o src/security.o \
        src/decision.o src/ledger.o src/period.o src/policy.o src/query.o \
        src/writes.o src/metrics.o
