@@ -198,6 +198,16 @@ SELECT reservation_id AS r6 FROM usage_guard.reservations WHERE tenant_id = 'ai'
 SELECT state, settled, cost, estimated_cost FROM usage_guard.settle('ai', :'r6', 50, 50);
 SELECT kind, amount FROM usage_guard.usage_events WHERE tenant_id = 'ai' AND attributes->>'reservation_id' = :'r6' AND feature_key = 'tokens' ORDER BY event_id;
 
+-- reports: cost by tenant, subject and model (003's first step), budgets used (002)
+SELECT tenant_id, subject_id, model, requests, settled, open, downgraded, input_tokens, output_tokens,
+       cost, held_cost, over_estimate, cost_share
+  FROM usage_guard.gateway_report('1 day', 'ai', '2025-11-18 12:00+00');
+SELECT subject_id, level, budget, action, hard_limit, usage, used_percent, window_start, window_end
+  FROM usage_guard.budget_usage('ai', '2025-11-18 11:30+00');
+SELECT try($$SELECT * FROM usage_guard.gateway_report('-1 day')$$);
+SELECT try($$SELECT * FROM usage_guard.budget_usage(NULL)$$);
+SELECT metric, labels, value FROM usage_guard.metrics() WHERE metric = 'usage_guard_alerts_total' ORDER BY labels::text;
+
 -- bad input: a clear error each, nothing changed
 SELECT count(*) AS ledger_rows FROM usage_guard.usage_events WHERE tenant_id = 'ai' \gset
 SELECT try($$SELECT usage_guard.admit('ai', 'k-dev', 'haiku', -1, 10)$$);

@@ -322,6 +322,35 @@ PutLeaseRows(ReturnSetInfo *rsinfo)
 			   (double) counts[k]);
 }
 
+/*
+ * usage_guard_alerts_total{threshold}: alerts fired (rows of the alerts
+ * table, 0.7.0), by threshold: a rising 0.8 series is a budget at 80%.
+ */
+static void
+PutAlertRows(ReturnSetInfo *rsinfo)
+{
+	InternalContext ctx;
+
+	if (!OidIsValid(UsageGuardRelid("alerts")))
+		return;
+	SPI_connect();
+	BeginInternal(&ctx, true);
+	if (SPI_execute("SELECT threshold::text, count(*)::int8 FROM usage_guard.alerts GROUP BY 1 ORDER BY 1",
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "usage_guard: could not count alerts");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		char	   *threshold = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		int64		n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+
+		PutRow(rsinfo, "usage_guard_alerts_total",
+			   psprintf("{\"threshold\": %s}", JsonString(threshold)), (double) n);
+	}
+	EndInternal(&ctx);
+	SPI_finish();
+}
+
 PG_FUNCTION_INFO_V1(usage_guard_metrics);
 /* usage_guard.metrics(): every series of this database, and the latency histogram */
 Datum
@@ -408,6 +437,7 @@ usage_guard_metrics(PG_FUNCTION_ARGS)
 	PutRow(rsinfo, "usage_guard_metrics_dropped_total", "{}",
 		   (double) pg_atomic_read_u64(&metrics->dropped));
 	PutLeaseRows(rsinfo);
+	PutAlertRows(rsinfo);
 	PutRow(rsinfo, "usage_guard_queued", "{}", (double) QueueWaiting());
 	return (Datum) 0;
 }

@@ -94,7 +94,9 @@ GRANT EXECUTE ON FUNCTION
     usage_guard.window_length(timestamptz, timestamptz),
     usage_guard.metrics(),
     usage_guard.metrics_text(),
-    usage_guard.shmem_info()
+    usage_guard.shmem_info(),
+    usage_guard.gateway_report(interval, text, timestamptz),
+    usage_guard.budget_usage(text, timestamptz)
     TO usage_guard_reader;
 
 -- Admin: the catalog, corrections (ledger rows of kind adjustment; the

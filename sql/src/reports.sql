@@ -496,3 +496,126 @@ BEGIN ATOMIC
 END;
 COMMENT ON FUNCTION usage_guard.usage_anomalies(text, interval, numeric, numeric, timestamptz, interval, interval) IS
     'Tenants whose usage rate in the last `recent` is more than factor times their rate over `baseline` (default: the same span) ending baseline_offset (default 1 day) before at, and at least min_usage; baseline_usage is the baseline span''s total, ratio the ratio of rates (NULL = no baseline usage)';
+
+--------------------------------------------------------------------------
+-- Gateway reports (0.7.0)
+--------------------------------------------------------------------------
+
+-- Cost and tokens per tenant, subject and model over the last `since`, from
+-- the reservations (one row per admitted request): seed 003's first
+-- investigation step, "cost by consumer and model".  cost is what settled
+-- requests cost; held_cost what open ones still hold; over_estimate what
+-- settled past their estimate (charged even past a limit).  Runs as the
+-- caller: a row-level policy on reservations filters it.
+CREATE FUNCTION usage_guard.gateway_report(
+    since  interval DEFAULT '1 day',
+    tenant text DEFAULT NULL,
+    at     timestamptz DEFAULT now())
+RETURNS TABLE (tenant_id text, subject_id text, model text, requests bigint, settled bigint,
+               open bigint, downgraded bigint, input_tokens numeric, output_tokens numeric,
+               cost numeric, held_cost numeric, over_estimate numeric, cost_share numeric)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_since  ALIAS FOR $1;
+    p_tenant ALIAS FOR $2;
+    p_at     ALIAS FOR $3;
+BEGIN
+    IF p_since IS NULL OR p_at IS NULL THEN
+        RAISE EXCEPTION 'since and at must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_since <= interval '0' OR NOT isfinite(p_at) THEN
+        RAISE EXCEPTION 'since must be positive and at finite' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+    WITH r AS (
+        SELECT res.tenant_id, res.subject_id, res.model,
+               count(*) AS requests,
+               count(*) FILTER (WHERE res.state = 'settled') AS settled,
+               count(*) FILTER (WHERE res.state = 'open') AS open,
+               count(*) FILTER (WHERE res.action = 'downgrade') AS downgraded,
+               coalesce(sum(res.input_tokens), 0) AS input_tokens,
+               coalesce(sum(res.output_tokens), 0) AS output_tokens,
+               coalesce(sum(res.cost), 0) AS cost,
+               coalesce(sum(res.estimated_cost) FILTER (WHERE res.state = 'open'), 0) AS held_cost,
+               coalesce(sum(greatest(res.cost - res.estimated_cost, 0)), 0) AS over_estimate
+          FROM usage_guard.reservations res
+         WHERE res.reserved_at >= p_at - p_since AND res.reserved_at < p_at
+           AND (p_tenant IS NULL OR res.tenant_id = p_tenant)
+         GROUP BY res.tenant_id, res.subject_id, res.model)
+    SELECT r.tenant_id, r.subject_id, r.model, r.requests, r.settled, r.open, r.downgraded,
+           r.input_tokens, r.output_tokens, r.cost, r.held_cost, r.over_estimate,
+           round(r.cost / nullif(sum(r.cost) OVER (), 0), 4)
+      FROM r
+     ORDER BY r.cost DESC, r.input_tokens + r.output_tokens DESC, r.tenant_id, r.subject_id, r.model;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.gateway_report(interval, text, timestamptz) IS
+    'Cost and tokens per tenant (all, or `tenant`), subject and model of the requests admitted in [at - since, at): settled cost, estimates still held, cost past the estimate, downgrades, share of the cost';
+
+-- Every USD budget (quota on cost_usd in subject_limits) of a tenant's
+-- subjects and of the tenant, with its current window and how much of it
+-- is used, from the ledger: seed 002's budget usage percentage.
+CREATE FUNCTION usage_guard.budget_usage(tenant_id text, at timestamptz DEFAULT now())
+RETURNS TABLE (subject_id text, level text, limit_id bigint, budget text, action text,
+               hard_limit numeric, usage numeric, used_percent numeric,
+               window_start timestamptz, window_end timestamptz)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_tenant ALIAS FOR $1;
+    p_at     ALIAS FOR $2;
+BEGIN
+    IF p_tenant IS NULL OR p_at IS NULL THEN
+        RAISE EXCEPTION 'tenant_id and at must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT isfinite(p_at) THEN
+        RAISE EXCEPTION 'at must be finite' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+    WITH sub AS (
+        SELECT ts.plan_code, ts.current_period_start AS cps, ts.current_period_end AS cpe
+          FROM usage_guard.tenant_subscriptions ts WHERE ts.tenant_id = p_tenant),
+    who AS (
+        SELECT s.subject_id, s.level, s.role FROM usage_guard.subjects s WHERE s.tenant_id = p_tenant
+        UNION ALL SELECT NULL, 'tenant', NULL),
+    lim AS (
+        SELECT DISTINCT ON (w.subject_id, coalesce(l.period::text, ''), coalesce(l.rolling, interval '0'))
+               w.subject_id, w.level, l.limit_id, l.period::text AS period, l.rolling, l.action, l.hard_limit
+          FROM who w
+          JOIN usage_guard.subject_limits l ON l.level = w.level
+               AND ((l.tenant_id = p_tenant AND l.subject_id IS NOT DISTINCT FROM w.subject_id)
+                    OR (l.role IS NOT NULL AND l.role = w.role)
+                    OR l.plan_code = (SELECT sub.plan_code FROM sub))
+         WHERE l.limit_kind = 'quota' AND l.feature_key = 'cost_usd' AND l.hard_limit IS NOT NULL
+         ORDER BY w.subject_id, coalesce(l.period::text, ''), coalesce(l.rolling, interval '0'),
+                  CASE WHEN l.tenant_id IS NOT NULL THEN 0 WHEN l.role IS NOT NULL THEN 1 ELSE 2 END),
+    win AS (
+        SELECT lim.*,
+               CASE WHEN lim.rolling IS NOT NULL THEN p_at - lim.rolling
+                    ELSE (usage_guard.window_of(lim.period, p_at, (SELECT cps FROM sub), (SELECT cpe FROM sub))).window_start END AS ws,
+               CASE WHEN lim.rolling IS NOT NULL THEN p_at
+                    ELSE (usage_guard.window_of(lim.period, p_at, (SELECT cps FROM sub), (SELECT cpe FROM sub))).window_end END AS we
+          FROM lim)
+    SELECT win.subject_id, win.level, win.limit_id,
+           coalesce(win.period, 'rolling ' || CASE
+               WHEN extract(epoch FROM win.rolling)::bigint % 86400 = 0 THEN (extract(epoch FROM win.rolling)::bigint / 86400) || 'd'
+               WHEN extract(epoch FROM win.rolling)::bigint % 3600 = 0 THEN (extract(epoch FROM win.rolling)::bigint / 3600) || 'h'
+               ELSE (extract(epoch FROM win.rolling)::bigint / 60) || 'min' END),
+           win.action, win.hard_limit, u.usage,
+           round(100 * u.usage / nullif(win.hard_limit, 0), 2), win.ws, win.we
+      FROM win
+     CROSS JOIN LATERAL (
+        SELECT coalesce(sum(e.amount), 0) AS usage
+          FROM usage_guard.usage_events e
+         WHERE e.tenant_id = p_tenant AND e.feature_key = 'cost_usd'
+           AND e.occurred_at >= win.ws
+           AND (CASE WHEN win.rolling IS NOT NULL THEN e.occurred_at <= win.we ELSE e.occurred_at < win.we END)
+           AND (win.subject_id IS NULL OR e.subject_path @> ARRAY[win.subject_id])) u
+     ORDER BY 8 DESC NULLS LAST, 1 NULLS LAST, 4;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.budget_usage(text, timestamptz) IS
+    'Every USD budget (quota on cost_usd) of a tenant and its subjects: the current window at `at`, the usage from the ledger and the percentage used, most used first';
