@@ -116,3 +116,54 @@ SELECT allowed, limit_kind, usage AS running, limit_value, ceil(retry_after) AS 
 \echo '== 16. The gateway crashed and never released them: the TTL frees the slots'
 SELECT pg_sleep(3.2);
 SELECT allowed, lease_id IS NOT NULL AS has_lease FROM usage_guard.lease_acquire('acme', 'key-7f3a', '3 seconds');
+
+\echo '== 17. An LLM gateway (seeds 002 and 003): priced models, a $1.00 daily budget per key with'
+\echo '   alerts at 50% and 100%, and a team budget past which gpt-4 is downgraded to gpt-3.5-turbo'
+INSERT INTO usage_guard.features (feature_key, unit) VALUES ('tokens', 'token'), ('cost_usd', 'USD')
+ON CONFLICT DO NOTHING;
+INSERT INTO usage_guard.plans (plan_code) VALUES ('llm');
+INSERT INTO usage_guard.tenant_subscriptions (tenant_id, plan_code) VALUES ('globex', 'llm');
+INSERT INTO usage_guard.subjects (tenant_id, subject_id, level, parent_id) VALUES
+    ('globex', 'research', 'team', NULL), ('globex', 'bob', 'user', 'research'),
+    ('globex', 'key-bob', 'api_key', 'bob');
+INSERT INTO usage_guard.models (model, provider) VALUES ('gpt-4', 'openai'), ('gpt-3.5-turbo', 'openai')
+ON CONFLICT DO NOTHING;
+UPDATE usage_guard.models SET downgrade_to = 'gpt-3.5-turbo' WHERE model = 'gpt-4';
+INSERT INTO usage_guard.model_prices (model, effective_from, input_per_million, output_per_million) VALUES
+    ('gpt-4', '2025-01-01', 30, 60), ('gpt-3.5-turbo', '2025-01-01', 0.5, 1.5)
+ON CONFLICT DO NOTHING;
+INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, feature_key, period, hard_limit, alert_at)
+VALUES ('llm', 'api_key', 'quota', 'cost_usd', 'day', 1.00, '{0.5,1}');
+INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, feature_key, period, hard_limit, action)
+VALUES ('llm', 'team', 'quota', 'cost_usd', 'month', 0.70, 'downgrade');
+SELECT model, input_per_million, output_per_million FROM usage_guard.model_prices ORDER BY model;
+
+\echo '== 18. Admit before the call (estimate: 2000 in, at most 1000 out), settle after it with the real tokens'
+LISTEN usage_guard_alerts;
+SELECT reservation_id, allowed, model, estimated_cost, headers ->> 'X-Budget-Remaining' AS budget_remaining
+  FROM usage_guard.admit('globex', 'key-bob', 'gpt-4', 2000, 1000) \gset
+SELECT :'allowed' AS allowed, :'model' AS model, :'estimated_cost' AS estimated_cost,
+       :'budget_remaining' AS "X-Budget-Remaining";
+SELECT input_tokens, output_tokens, cost, estimated_cost, cost_delta AS given_back
+  FROM usage_guard.settle('globex', :'reservation_id', 1500, 800);
+
+\echo '== 19. A long answer costs more than its estimate: charged anyway, and the 50% budget alert fires once (NOTIFY)'
+SELECT reservation_id FROM usage_guard.admit('globex', 'key-bob', 'gpt-4', 2000, 1000) \gset
+SELECT cost, cost_delta AS charged_past_estimate FROM usage_guard.settle('globex', :'reservation_id', 2000, 8000);
+SELECT level, subject_id, threshold, usage, limit_value FROM usage_guard.alerts WHERE tenant_id = 'globex';
+
+\echo '== 20. The team is past its $0.70 budget for gpt-4: the next request is downgraded to gpt-3.5-turbo'
+SELECT reservation_id, allowed, action, requested_model, model, estimated_cost
+  FROM usage_guard.admit('globex', 'key-bob', 'gpt-4', 2000, 1000) \gset
+SELECT :'allowed' AS allowed, :'action' AS action, :'requested_model' AS requested_model,
+       :'model' AS model, :'estimated_cost' AS estimated_cost;
+SELECT cost FROM usage_guard.settle('globex', :'reservation_id', 1800, 600);
+
+\echo '== 21. A request the budget cannot hold: refused, with the HTTP headers and the JSON body of a 429'
+SELECT allowed, action, code, level, limit_name, retry_after,
+       headers ->> 'X-Budget-Limit' AS "X-Budget-Limit", headers ->> 'X-Budget-Used' AS "X-Budget-Used",
+       headers ->> 'X-Budget-Remaining' AS "X-Budget-Remaining", headers ->> 'Retry-After' AS "Retry-After"
+  FROM usage_guard.admit('globex', 'key-bob', 'gpt-3.5-turbo', 1000000, 0);
+SELECT jsonb_pretty(detail - 'headers') AS body_of_the_429
+  FROM usage_guard.admit('globex', 'key-bob', 'gpt-3.5-turbo', 1000000, 0);
+SELECT subject_id, model, requests, cost, over_estimate FROM usage_guard.gateway_report('1 day', 'globex');

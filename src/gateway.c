@@ -323,6 +323,9 @@ DecidingFeature(Decision *d)
 {
 	if (d->window && d->window->unit && strcmp(d->window->unit, "requests") != 0)
 		d->feature_key = d->window->unit;
+	/* what the request asked of that limit: tokens or dollars */
+	if (d->window)
+		d->requested = d->window->requested;
 }
 
 /* Did an alert-only limit let the request pass over it? */

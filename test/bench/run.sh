@@ -102,6 +102,16 @@ INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, feature_ke
     ('pro', 'tenant', 'rate', NULL, NULL, '1 second', 1e9);
 INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, hard_limit) VALUES
     ('pro', 'api_key', 'concurrency', 1000000);
+-- gateway II: a priced model and USD budgets on the key (rolling hour, day)
+-- and the team (month), high enough that nothing is refused
+INSERT INTO usage_guard.features (feature_key, unit) VALUES ('cost_usd', 'USD');
+INSERT INTO usage_guard.models (model, provider) VALUES ('bench-model', 'bench');
+INSERT INTO usage_guard.model_prices (model, effective_from, input_per_million, output_per_million)
+VALUES ('bench-model', '2020-01-01', 3, 15);
+INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, feature_key, period, rolling, hard_limit) VALUES
+    ('pro', 'api_key', 'quota', 'cost_usd', NULL, '1 hour', 1e12),
+    ('pro', 'api_key', 'quota', 'cost_usd', 'day', NULL, 1e12),
+    ('pro', 'team', 'quota', 'cost_usd', 'month', NULL, 1e13);
 VACUUM ANALYZE;
 SQL
 
@@ -122,6 +132,9 @@ echo 'SELECT * FROM pg_catalog.pg_stat_get_wal_receiver();' >"$S/composite.sql"
 printf '\\set t random(1, %d)\nSELECT * FROM usage_guard.request_consume(%s, %s, %s, 1);\n' "$TENANTS" "'t' || :t" "'k'" "'tokens'" >"$S/gw_request.sql"
 printf '\\set t random(1, %d)\nSELECT lease_id FROM usage_guard.request_consume(%s, %s, %s, 1, lease_ttl => %s) \\gset\nSELECT usage_guard.lease_release(%s, :%s);\n' "$TENANTS" "'t' || :t" "'k'" "'tokens'" "'1 minute'" "'t' || :t" "lease_id" >"$S/gw_lease.sql"
 printf '\\set t random(1, %d)\nSELECT allowed FROM usage_guard.request_throttle(%s, %s);\n' "$TENANTS" "'t' || :t" "'r'" >"$S/gw_throttle.sql"
+# gateway II: admit then settle (two round trips, as a gateway does), vs two plain INSERTs
+printf '\\set t random(1, %d)\nSELECT reservation_id FROM usage_guard.admit(%s, %s, %s, 100, 100) \\gset\nSELECT settled FROM usage_guard.settle(%s, :%s, 80, 90);\n' "$TENANTS" "'t' || :t" "'k'" "'bench-model'" "'t' || :t" "reservation_id" >"$S/gw_admit.sql"
+printf '\\set t random(1, %d)\nINSERT INTO plain_insert (tenant_id, amount) VALUES (%s, 1);\nINSERT INTO plain_insert (tenant_id, amount) VALUES (%s, 1);\n' "$TENANTS" "'t' || :t" "'t' || :t" >"$S/insert2.sql"
 [ "$(id -u)" = 0 ] && chown -R postgres: "$S"
 
 declare -A TPS
@@ -137,8 +150,9 @@ median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {i
 
 log "warming up caches and live counters"
 run warm check.sql 2; run warm consume.sql 2; run warm gw_request.sql 2; run warm gw_throttle.sql 2
+run warm gw_admit.sql 2
 
-TESTS=(select1 composite insert hand hand_one check consume consume_one gw_request gw_lease gw_throttle)
+TESTS=(select1 composite insert insert2 hand hand_one check consume consume_one gw_request gw_lease gw_throttle gw_admit)
 for r in $(seq 1 "$ROUNDS"); do
     log "round $r of $ROUNDS (${SECONDS_PER_RUN}s per run)"
     for t in "${TESTS[@]}"; do run "$t" "$t.sql" "$SECONDS_PER_RUN"; done
@@ -190,6 +204,8 @@ $TENANTS tenants, $ROWS ledger rows ($ledger_rows after growth), synchronous_com
 | gateway: request_consume, key+user+team+tenant (quotas + rates) | $(printf '%10.0f' "${M[gw_request]}") | $(ratio "${M[gw_request]}" "${M[consume]}") x usage_consume       | >= 0.60 |
 | gateway: same + lease taken and released (2 statements) | $(printf '%10.0f' "${M[gw_lease]}") | $(ratio "${M[gw_lease]}" "${M[consume]}") x usage_consume       | >= 0.60 |
 | gateway: request_throttle, rate limits only     | $(printf '%10.0f' "${M[gw_throttle]}") | $(ratio "${M[gw_throttle]}" "${M[select1]}") x SELECT 1            | >= 0.70 |
+| two plain single-row INSERTs (2 statements)     | $(printf '%10.0f' "${M[insert2]}") | $(ratio "${M[insert2]}" "${M[insert]}") x INSERT              |        |
+| gateway: admit + settle (tokens, USD budgets, 2 statements) | $(printf '%10.0f' "${M[gw_admit]}") | $(ratio "${M[gw_admit]}" "${M[insert2]}") x two INSERTs         | >= 0.60 |
 | usage_check just before growing the ledger      | $(printf '%10.0f' "${M[check_before]}") |                          |        |
 | usage_check after ${GROWTH}x more ledger history       | $(printf '%10.0f' "${M[check_grown]}") | $(ratio "${M[check_grown]}" "${M[check_before]}") x check before        | >= 0.95 |
 
