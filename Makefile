@@ -36,7 +36,7 @@ REGRESS = setup catalog check consume record periods billing overrides \
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/usage_guard.conf
 
 ISOLATION = consume_last_unit reload_after_restart catalog_change ledger_rules_change \
-            gateway_levels gateway_leases
+            gateway_levels gateway_leases admission_settle admission_budget admission_alerts
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=./tmp_isolation \
                  --temp-config=$(srcdir)/test/usage_guard.conf
 

@@ -11,6 +11,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
@@ -24,10 +25,14 @@
 /*
  * Alerts this backend saw already in the table: no insert is tried for
  * them again.  Only conflicts are remembered (an alert this backend inserted
- * may still roll back).  Bounded: emptied when full.
+ * may still roll back), and all is forgotten when a (sub)transaction aborts:
+ * the conflict may have been with this transaction's own row.  Keyed by the
+ * alerts table too, so a re-created extension starts afresh.  Bounded:
+ * emptied when full.
  */
 typedef struct SeenAlert
 {
+	Oid			alerts;
 	int64		limit_id;
 	TimestampTz window_start;
 	Amount		threshold;
@@ -37,6 +42,32 @@ typedef struct SeenAlert
 #define SEEN_ALERTS_MAX 10000
 
 static HTAB *seen_alerts = NULL;
+static bool callbacks_registered = false;
+
+static void
+ForgetSeen(void)
+{
+	if (seen_alerts != NULL)
+	{
+		hash_destroy(seen_alerts);
+		seen_alerts = NULL;
+	}
+}
+
+static void
+AlertsXactCallback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		ForgetSeen();
+}
+
+static void
+AlertsSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
+					  SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		ForgetSeen();
+}
 
 static CachedQuery alert_query = {
 	"WITH fired AS ("
@@ -68,6 +99,12 @@ SeenBefore(SeenAlert *key, bool remember)
 {
 	bool		found;
 
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(AlertsXactCallback, NULL);
+		RegisterSubXactCallback(AlertsSubXactCallback, NULL);
+		callbacks_registered = true;
+	}
 	if (seen_alerts == NULL)
 	{
 		HASHCTL		info;
@@ -154,6 +191,7 @@ FireAlerts(const char *tenant_id, const FeatureLimit *limits, int nlimits, Times
 			if (after < ThresholdAmount(limit, l->thresholds[k]))
 				continue;
 			memset(&key, 0, sizeof(key));
+			key.alerts = UsageGuardRelid("alerts");
 			key.limit_id = l->limit_id;
 			key.window_start = start;
 			key.threshold = l->thresholds[k];
