@@ -23,9 +23,24 @@ as_owner() {
     fi
 }
 
-# Debian packages this project needs to build, test and demo.
+# Debian packages the gateway example's end-to-end test needs
+# (examples/gateway/e2e.sh), one per line: those missing here.
+missing_gateway_packages() {
+    local m
+    for m in fastapi:python3-fastapi uvicorn:python3-uvicorn psycopg:python3-psycopg \
+             psycopg_pool:python3-psycopg-pool; do
+        /usr/bin/python3 -c "import ${m%%:*}" >/dev/null 2>&1 || echo "${m#*:}"
+    done
+    [ -x /usr/sbin/pgbouncer ] || echo pgbouncer
+}
+
+# Debian packages this project needs to build, test and demo;
+# `ensure_prereqs gateway`: and those of the gateway example's test.
 ensure_prereqs() {
     local need=() v=$PG_MAJOR
+    if [ "${1:-}" = gateway ]; then
+        mapfile -t need < <(missing_gateway_packages)
+    fi
     # pg_config and pgxs.mk ship with the client and server packages; only
     # the server headers prove that postgresql-server-dev-$v is installed.
     [ -f "$(pg_config_major --includedir-server 2>/dev/null)/postgres.h" ] || need+=("postgresql-server-dev-$v")

@@ -81,7 +81,13 @@ if [ -n "$VERSIONS" ]; then
     exit $status
 fi
 
-ensure_prereqs
+# The gateway example's end-to-end test (examples/gateway/e2e.sh) runs on
+# this machine's PostgreSQL 15, not in the chroots of other versions.
+gateway_e2e=
+if [ "$PG_MAJOR" = 15 ] && [ ! -e /.usage_guard-chroot ]; then
+    gateway_e2e=gateway
+fi
+ensure_prereqs $gateway_e2e
 log "testing on $("$PG_CONFIG" --version)"
 build_install WERROR=1
 make_workdir
@@ -120,6 +126,10 @@ run_suite regress make -C "$WORKDIR" -s regress
 run_suite isolation make -C "$WORKDIR" -s isolation
 if ls "$WORKDIR"/test/t/*.pl >/dev/null 2>&1; then
     run_suite tap make -C "$WORKDIR" -s tap
+fi
+
+if [ -n "$gateway_e2e" ]; then
+    run_suite gateway_e2e bash "$WORKDIR/examples/gateway/e2e.sh"
 fi
 
 # The benchmark is not a test: a short smoke run shows it still works.
