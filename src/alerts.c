@@ -164,6 +164,7 @@ FireAlerts(const char *tenant_id, const FeatureLimit *limits, int nlimits, Times
 {
 	int			fired = 0;
 	bool		connected = false;
+	Oid			alerts = InvalidOid;	/* looked up once, when needed */
 	InternalContext ctx;
 
 	for (int i = 0; i < nlimits; i++)
@@ -191,7 +192,9 @@ FireAlerts(const char *tenant_id, const FeatureLimit *limits, int nlimits, Times
 			if (after < ThresholdAmount(limit, l->thresholds[k]))
 				continue;
 			memset(&key, 0, sizeof(key));
-			key.alerts = UsageGuardRelid("alerts");
+			if (!OidIsValid(alerts))
+				alerts = UsageGuardRelid("alerts");
+			key.alerts = alerts;
 			key.limit_id = l->limit_id;
 			key.window_start = start;
 			key.threshold = l->thresholds[k];

@@ -48,17 +48,31 @@ RequireFeature(const Policy *policy)
 				 errhint("Features are rows of usage_guard.features.")));
 }
 
+/* Does the tenant's subscription grant access (active or trialing)? */
+bool
+SubscriptionActive(const Policy *policy)
+{
+	return policy->has_subscription &&
+		(strcmp(policy->status, "active") == 0 || strcmp(policy->status, "trialing") == 0);
+}
+
+/* The subscription must grant access: else counted and raised (UG003) */
+void
+RequireActiveSubscription(const Policy *policy)
+{
+	if (!SubscriptionActive(policy))
+	{
+		MetricsCountPolicyError(policy->plan_code, !policy->has_subscription);
+		RaisePolicyError(policy->tenant_id, policy->feature_key, policy);
+	}
+}
+
 /* The feature must exist and the subscription grant access */
 static void
 RequireAccess(const Policy *policy)
 {
 	RequireFeature(policy);
-	if (!policy->has_subscription ||
-		(strcmp(policy->status, "active") != 0 && strcmp(policy->status, "trialing") != 0))
-	{
-		MetricsCountPolicyError(policy->plan_code, !policy->has_subscription);
-		RaisePolicyError(policy->tenant_id, policy->feature_key, policy);
-	}
+	RequireActiveSubscription(policy);
 }
 
 /*
@@ -469,9 +483,7 @@ DecideRequest(FunctionCallInfo fcinfo, RequestCall call)
 		RequireAccess(&policy);
 	else if (feature_key)
 		RequireFeature(&policy);
-	if ((!feature_key || call == REQUEST_THROTTLE) &&
-		(!policy.has_subscription ||
-			 (strcmp(policy.status, "active") != 0 && strcmp(policy.status, "trialing") != 0)))
+	if ((!feature_key || call == REQUEST_THROTTLE) && !SubscriptionActive(&policy))
 		RaisePolicyError(tenant_id, feature_key, &policy);
 	GetSubjectPolicy(tenant_id, subject_id, feature_key, policy.plan_code, sp);
 	if (!sp->exists)
@@ -579,11 +591,7 @@ lease_release(PG_FUNCTION_ARGS)
 	char	   *tenant_id = RequiredText(fcinfo, 0, "tenant_id");
 	Datum		lease_id;
 
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("lease_id must not be NULL")));
-	lease_id = PG_GETARG_DATUM(1);
+	lease_id = RequiredUuid(fcinfo, 1, "lease_id");
 	RequireWritable("lease_release()");
 	RequireTenantScope(tenant_id, "", int64_to_numeric(0), GetCurrentTransactionStartTimestamp(),
 					   "consume", NULL, DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")), true);

@@ -77,6 +77,17 @@ RequiredAmount(FunctionCallInfo fcinfo, int argno)
 	return n;
 }
 
+/* A uuid argument that must be present (a lease or reservation id) */
+Datum
+RequiredUuid(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", name)));
+	return PG_GETARG_DATUM(argno);
+}
+
 /* A time argument: present and finite */
 TimestampTz
 RequiredTime(FunctionCallInfo fcinfo, int argno, const char *name)

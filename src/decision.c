@@ -329,7 +329,8 @@ AppendKey(StringInfo buf, const char *key)
 	appendStringInfoChar(buf, ':');
 }
 
-static void
+/* Append "key": "value" (null for NULL) to a JSON object being built */
+void
 AppendStr(StringInfo buf, const char *key, const char *value)
 {
 	AppendKey(buf, key);

@@ -163,19 +163,15 @@ NumericAmount(Numeric n, const char *what)
 }
 
 static Datum
-RequiredUuid(FunctionCallInfo fcinfo, int argno, const char *name)
-{
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be NULL", name)));
-	return PG_GETARG_DATUM(argno);
-}
-
-static Datum
 UuidDatum(const char *s)
 {
 	return DirectFunctionCall1(uuid_in, CStringGetDatum(s));
+}
+
+static char *
+UuidText(Datum id)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out, id));
 }
 
 static TupleDesc
@@ -409,19 +405,6 @@ AdmitHeaders(const Decision *d)
 																  CStringGetDatum(buf.data))));
 }
 
-static void
-AppendJsonStr(StringInfo buf, const char *key, const char *value)
-{
-	if (buf->len > 1)
-		appendStringInfoChar(buf, ',');
-	escape_json(buf, key);
-	appendStringInfoChar(buf, ':');
-	if (value)
-		escape_json(buf, value);
-	else
-		appendStringInfoString(buf, "null");
-}
-
 /* The JSON body of a refused model: code model_not_allowed */
 static Jsonb *
 ModelRefusalJson(const Admit *a)
@@ -430,16 +413,16 @@ ModelRefusalJson(const Admit *a)
 
 	initStringInfo(&buf);
 	appendStringInfoChar(&buf, '{');
-	AppendJsonStr(&buf, "code", "model_not_allowed");
-	AppendJsonStr(&buf, "decision", "hard_limit");
-	AppendJsonStr(&buf, "tenant_id", a->tenant_id);
-	AppendJsonStr(&buf, "plan_code", a->tokens_policy.plan_code);
-	AppendJsonStr(&buf, "subject_id", a->subject_id);
-	AppendJsonStr(&buf, "model", a->requested_model);
-	AppendJsonStr(&buf, "level", a->refused_level);
-	AppendJsonStr(&buf, "limit_subject_id", a->refused_subject);
-	AppendJsonStr(&buf, "limit_kind", "model");
-	AppendJsonStr(&buf, "message",
+	AppendStr(&buf, "code", "model_not_allowed");
+	AppendStr(&buf, "decision", "hard_limit");
+	AppendStr(&buf, "tenant_id", a->tenant_id);
+	AppendStr(&buf, "plan_code", a->tokens_policy.plan_code);
+	AppendStr(&buf, "subject_id", a->subject_id);
+	AppendStr(&buf, "model", a->requested_model);
+	AppendStr(&buf, "level", a->refused_level);
+	AppendStr(&buf, "limit_subject_id", a->refused_subject);
+	AppendStr(&buf, "limit_kind", "model");
+	AppendStr(&buf, "message",
 				  psprintf("model \"%s\" is not allowed for %s \"%s\" of tenant \"%s\"",
 						   a->requested_model, a->refused_level,
 						   a->refused_subject ? a->refused_subject : a->tenant_id, a->tenant_id));
@@ -525,8 +508,8 @@ ReservationAttributes(Datum attributes, const char *reservation_id, const char *
 
 	initStringInfo(&buf);
 	appendStringInfoChar(&buf, '{');
-	AppendJsonStr(&buf, "reservation_id", reservation_id);
-	AppendJsonStr(&buf, "model", model);
+	AppendStr(&buf, "reservation_id", reservation_id);
+	AppendStr(&buf, "model", model);
 	appendStringInfoChar(&buf, '}');
 	return DirectFunctionCall2(jsonb_concat, attributes,
 							   DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
@@ -632,13 +615,7 @@ AdmitPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("admit needs the feature \"%s\"", feature_key),
 				 errhint("INSERT INTO usage_guard.features (feature_key, unit) VALUES ('tokens', 'token'), ('cost_usd', 'USD');")));
-	if (!policy->has_subscription ||
-		(strcmp(policy->status, "active") != 0 && strcmp(policy->status, "trialing") != 0))
-	{
-		MetricsCountPolicyError(policy->has_subscription ? policy->plan_code : NULL,
-								!policy->has_subscription);
-		RaisePolicyError(tenant_id, feature_key, policy);
-	}
+	RequireActiveSubscription(policy);
 }
 
 static void AdmitDecide(Admit *a, EngineRequest *r);
@@ -883,7 +860,7 @@ LockReservation(Reservation *res)
 	RunQuery(&lock_query, values, NULL, false, 1);
 	if (SPI_processed == 0)
 	{
-		strlcpy(buf, DatumGetCString(DirectFunctionCall1(uuid_out, res->id)), sizeof(buf));
+		strlcpy(buf, UuidText(res->id), sizeof(buf));
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("unknown reservation %s of tenant \"%s\"", buf, res->tenant_id),
@@ -930,7 +907,7 @@ WriteDelta(const Reservation *res, const char *feature_key, Numeric delta, const
 		if (!elnulls[i])
 			CountLedgerRow(res->tenant_id, TextDatumGetCString(elems[i]), feature_key,
 						   res->reserved_at, amount, false);
-	id = DatumGetCString(DirectFunctionCall1(uuid_out, res->id));
+	id = UuidText(res->id);
 	attrs = ReservationAttributes(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")), id,
 								  res->model);
 	(void) InsertUsageEvent(res->tenant_id, feature_key, delta, res->reserved_at, kind, NULL,
@@ -984,12 +961,6 @@ ReleaseReservation(const Reservation *res, const char *state)
 	if (res->lease_id)
 		(void) ReleaseLease(res->tenant_id, UuidDatum(res->lease_id),
 							GetCurrentTransactionStartTimestamp());
-}
-
-static char *
-UuidText(Datum id)
-{
-	return DatumGetCString(DirectFunctionCall1(uuid_out, id));
 }
 
 /*

@@ -32,6 +32,7 @@
 
 #include "datatype/timestamp.h"
 #include "fmgr.h"
+#include "lib/stringinfo.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 
@@ -191,8 +192,13 @@ extern char *OptionalText(FunctionCallInfo fcinfo, int argno, const char *name);
 extern Numeric RequiredAmount(FunctionCallInfo fcinfo, int argno);
 extern TimestampTz RequiredTime(FunctionCallInfo fcinfo, int argno, const char *name);
 extern Datum Attributes(FunctionCallInfo fcinfo, int argno);
+extern Datum RequiredUuid(FunctionCallInfo fcinfo, int argno, const char *name);
 extern Amount ToAmount(Numeric n);
 extern bool LeaseTtl(FunctionCallInfo fcinfo, int argno, bool required, int64 *usecs);
+
+/* api.c */
+extern bool SubscriptionActive(const Policy *policy);
+extern void RequireActiveSubscription(const Policy *policy);
 
 /* alerts.c */
 extern int	FireAlerts(const char *tenant_id, const FeatureLimit *limits, int nlimits,
@@ -274,6 +280,7 @@ extern void WarnSoftLimit(const Decision *d);
 extern void RaisePolicyError(const char *tenant_id, const char *feature_key,
 							 const Policy *policy);
 extern char *DecisionJson(const Decision *d, const char *code);
+extern void AppendStr(StringInfo buf, const char *key, const char *value);
 extern char *LimitLabel(const FeatureLimit *l);
 extern double LimitSeconds(const FeatureLimit *l);
 
