@@ -254,5 +254,35 @@ SELECT settled FROM usage_guard.settle('ai', :'r5', 1, 1);
 SELECT try($$SELECT count(*) FROM usage_guard.reservations$$);
 SELECT try($$SELECT usage_guard.expire_reservations()$$);
 RESET ROLE;
+-- row-level security on the ledger scopes the gateway calls: a role kept
+-- away from tenant ai may neither admit, settle nor cancel for it
+CREATE TEMP TABLE adm_open AS
+SELECT reservation_id FROM usage_guard.admit('ai', 'k-ops', 'haiku', 1, 1);
+GRANT SELECT ON adm_open TO admission_app;
+SELECT count(*) AS ledger_before FROM usage_guard.usage_events WHERE tenant_id = 'ai' \gset
+ALTER TABLE usage_guard.usage_events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY adm_scope ON usage_guard.usage_events TO admission_app
+    USING (tenant_id <> 'ai') WITH CHECK (tenant_id <> 'ai');
+SET ROLE admission_app;
+SELECT try($$SELECT usage_guard.admit('ai', 'k-ops', 'haiku', 1, 1)$$);
+SELECT try(format('SELECT usage_guard.settle(%L, %L, 1, 1)', 'ai', (SELECT reservation_id FROM adm_open)));
+SELECT try(format('SELECT usage_guard.cancel(%L, %L)', 'ai', (SELECT reservation_id FROM adm_open)));
+RESET ROLE;
+SELECT count(*) = :ledger_before AS unchanged FROM usage_guard.usage_events WHERE tenant_id = 'ai';
+SELECT state FROM usage_guard.reservations WHERE reservation_id = (SELECT reservation_id FROM adm_open);
+-- a policy that lets the role act for ai: the same calls work
+DROP POLICY adm_scope ON usage_guard.usage_events;
+CREATE POLICY adm_scope ON usage_guard.usage_events TO admission_app
+    USING (tenant_id = 'ai') WITH CHECK (tenant_id = 'ai');
+SET ROLE admission_app;
+SELECT usage_guard.cancel('ai', (SELECT reservation_id FROM adm_open));
+RESET ROLE;
+DROP POLICY adm_scope ON usage_guard.usage_events;
+ALTER TABLE usage_guard.usage_events DISABLE ROW LEVEL SECURITY;
+-- names past the length limit: a clear error
+SELECT try(format($$SELECT usage_guard.admit(%L, 'k-ops', 'haiku', 1, 1)$$, repeat('t', 256)));
+SELECT try(format($$SELECT usage_guard.admit('ai', 'k-ops', %L, 1, 1)$$, repeat('m', 256)));
+SELECT try(format($$SELECT usage_guard.admit('ai', 'k-ops', 'haiku', 1, 1, idempotency_key => %L)$$, repeat('k', 256)));
+DROP TABLE adm_open;
 DROP OWNED BY admission_app;
 DROP ROLE admission_app;
