@@ -5,7 +5,7 @@ EXTENSION = usage_guard
 EXTVERSION = $(shell sed -n "s/^default_version *= *'\(.*\)'.*/\1/p" usage_guard.control)
 
 MODULE_big = usage_guard
-OBJS = src/usage_guard.o src/args.o src/api.o src/gateway.o src/alerts.o src/queue.o src/engine.o src/subjects.o src/rolling.o src/amount.o src/cache.o src/counters.o \
+OBJS = src/usage_guard.o src/args.o src/api.o src/gateway.o src/alerts.o src/queue.o src/engine.o src/subjects.o src/rolling.o src/amount.o src/cache.o src/shared_policy.o src/counters.o \
        src/loader.o src/security.o \
        src/decision.o src/ledger.o src/period.o src/policy.o src/query.o \
        src/writes.o src/metrics.o
@@ -32,11 +32,12 @@ DATA = $(filter-out $(DATA_built),sql/$(EXTENSION)--0.1.0.sql $(wildcard sql/$(E
 
 REGRESS = setup catalog check consume record periods billing overrides \
           idempotency soft_mode errors totals meter_table counters metrics rollups maintenance sync reports \
-          privileges search_path names plan_defaults gateway models admission upgrade
+          privileges search_path names plan_defaults policy_cache gateway models admission upgrade
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/usage_guard.conf
 
 ISOLATION = consume_last_unit reload_after_restart catalog_change ledger_rules_change \
-            gateway_levels gateway_leases admission_settle admission_budget admission_alerts
+            gateway_levels gateway_leases admission_settle admission_budget admission_alerts \
+            policy_cache
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=./tmp_isolation \
                  --temp-config=$(srcdir)/test/usage_guard.conf
 

@@ -32,6 +32,7 @@
 
 typedef enum CallMode
 {
+	CALL_ALLOWED,				/* usage_check's decision as a boolean */
 	CALL_CHECK,
 	CALL_CONSUME,
 	CALL_ENFORCE
@@ -289,7 +290,7 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 
 	INSTR_TIME_SET_CURRENT(started);
 
-	if (mode == CALL_CHECK)
+	if (mode == CALL_CHECK || mode == CALL_ALLOWED)
 		at = RequiredTime(fcinfo, 3, "at");
 	else
 	{
@@ -302,7 +303,7 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 		RequireNowUnlessAdmin(at, fname);
 	}
 	RequireTenantScope(tenant_id, feature_key, amount_num, at, "consume", key, attributes,
-					   mode != CALL_CHECK);
+					   mode != CALL_CHECK && mode != CALL_ALLOWED);
 
 	GetPolicy(tenant_id, feature_key, &policy);
 	RequireAccess(&policy);
@@ -310,10 +311,12 @@ Decide(FunctionCallInfo fcinfo, CallMode mode)
 	t = EngineAddTarget(r, NULL, feature_key, true);
 	EngineAddTenantQuotas(r, t, &policy);
 
-	if (mode == CALL_CHECK)
+	if (mode == CALL_CHECK || mode == CALL_ALLOWED)
 	{
 		d = EngineCheck(r);
-		Observe(d, started, mode, false);
+		Observe(d, started, CALL_CHECK, false);
+		if (mode == CALL_ALLOWED)
+			return BoolGetDatum(d->allowed);
 		return DecisionDatum(fcinfo, d, amount_num);
 	}
 
@@ -344,6 +347,18 @@ Datum
 usage_check(PG_FUNCTION_ARGS)
 {
 	return Decide(fcinfo, CALL_CHECK);
+}
+
+PG_FUNCTION_INFO_V1(usage_allowed);
+/*
+ * usage_allowed(tenant_id, feature_key, amount, at): usage_check's answer
+ * alone, for callers that need nothing else; a scalar costs less to return
+ * than a row (docs/architecture.md, "What a decision costs").
+ */
+Datum
+usage_allowed(PG_FUNCTION_ARGS)
+{
+	return Decide(fcinfo, CALL_ALLOWED);
 }
 
 PG_FUNCTION_INFO_V1(usage_consume);

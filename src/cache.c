@@ -11,8 +11,13 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/pg_trigger.h"
 #include "common/hashfn.h"
 #include "commands/trigger.h"
+#include "utils/fmgroids.h"
 #include "fmgr.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -143,7 +148,34 @@ static struct
 	bool		ledger_rls;
 	bool		resets;			/* usage_resets exists (0.5.0) */
 	bool		plan_defaults;	/* plans.is_default and unlimited_by_default (0.5.0) */
+	bool		tenant_triggers;	/* enabled row triggers on the tenant tables (0.7.0) */
 }			shape;
+
+/* Does the relation have an enabled trigger of that name? */
+static bool
+TriggerEnabled(Oid relid, const char *name)
+{
+	Relation	rel;
+	ScanKeyData skey[2];
+	SysScanDesc scan;
+	HeapTuple	tup;
+	bool		enabled = false;
+
+	if (!OidIsValid(relid))
+		return false;
+	rel = table_open(TriggerRelationId, AccessShareLock);
+	ScanKeyInit(&skey[0], Anum_pg_trigger_tgrelid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(relid));
+	ScanKeyInit(&skey[1], Anum_pg_trigger_tgname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum(name));
+	scan = systable_beginscan(rel, TriggerRelidNameIndexId, true, NULL, 2, skey);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		enabled = ((Form_pg_trigger) GETSTRUCT(tup))->tgenabled != TRIGGER_DISABLED;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return enabled;
+}
 
 static void
 LearnShape(void)
@@ -158,6 +190,10 @@ LearnShape(void)
 		LookupLedger(ledger, &shape.ledger_owner, &shape.ledger_rls);
 	shape.resets = OidIsValid(UsageGuardRelid("usage_resets"));
 	shape.plan_defaults = OidIsValid(plans) && get_attnum(plans, "is_default") != InvalidAttrNumber;
+	/* without them the shared cache would not hear of a tenant's change */
+	shape.tenant_triggers = shape.plan_defaults &&
+		TriggerEnabled(UsageGuardRelid("tenant_subscriptions"), "tenant_subscriptions_rows_changed") &&
+		TriggerEnabled(UsageGuardRelid("tenant_overrides"), "tenant_overrides_rows_changed");
 	shape.generation = seen;
 	shape.known = true;
 }
@@ -201,6 +237,14 @@ CatalogHasPlanDefaults(void)
 	return shape.plan_defaults;
 }
 
+/* May the shared policy cache serve this catalog (shared_policy.c)? */
+bool
+CatalogHasTenantTriggers(void)
+{
+	KnowShape();
+	return shape.tenant_triggers;
+}
+
 /*
  * Bumped by every invalidation of a catalog table or the ledger: state
  * derived from their definitions (the ledger's layout) is redone after it.
@@ -221,6 +265,8 @@ GetPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
 
 	/* every caller refused longer names first (RequiredText, CheckRowNames) */
 	Assert(strlen(tenant_id) <= UG_NAME_MAX && strlen(feature_key) <= UG_NAME_MAX);
+	if (SharedPolicyGet(tenant_id, feature_key, policy))
+		return;
 	if (stale)
 		ResetCache();
 	if (policies == NULL)
@@ -296,16 +342,34 @@ EffectiveLimits(const Policy *policy, TimestampTz at, FeatureLimit *limits)
 }
 
 PG_FUNCTION_INFO_V1(usage_guard_catalog_changed);
-/* Statement trigger on the catalog tables: invalidate every backend's cache */
+/*
+ * Statement trigger on the catalog tables: invalidate every backend's cache,
+ * and the shared one at commit.  The tenant tables' rows are noted one by
+ * one by their row triggers (usage_guard_tenant_changed); a TRUNCATE of
+ * them, and any change to features and plans, makes every policy stale.
+ */
 Datum
 usage_guard_catalog_changed(PG_FUNCTION_ARGS)
 {
 	TriggerData *trig = (TriggerData *) fcinfo->context;
+	const char *name;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("usage_guard_catalog_changed must be called as a trigger")));
+	name = RelationGetRelationName(trig->tg_relation);
+	if (strcmp(name, "features") == 0 || strcmp(name, "plans") == 0 ||
+		strcmp(name, "plan_features") == 0)
+		SharedPolicyNoteAll();
+	else if (strcmp(name, "tenant_subscriptions") == 0 || strcmp(name, "tenant_overrides") == 0)
+	{
+		/* rows not noted one by one (a row trigger disabled) stale them all */
+		if (TRIGGER_FIRED_BY_TRUNCATE(trig->tg_event) || !CatalogHasTenantTriggers())
+			SharedPolicyNoteAll();
+		else
+			SharedPolicyNoteChange();
+	}
 	CacheInvalidateRelcacheByRelid(RelationGetRelid(trig->tg_relation));
 	return PointerGetDatum(NULL);
 }

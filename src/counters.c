@@ -568,17 +568,24 @@ usage_guard_counters(PG_FUNCTION_ARGS)
 }
 
 PG_FUNCTION_INFO_V1(usage_guard_shmem_info);
-/* usage_guard.shmem_info(): sizing facts for operators and the benchmark */
+/*
+ * usage_guard.shmem_info(): sizing facts for operators and the benchmark.
+ * Columns 6-10 (the shared policy cache) since 0.7.0.
+ */
 Datum
 usage_guard_shmem_info(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[5];
-	bool		nulls[5] = {0};
+	Datum		values[10];
+	bool		nulls[10] = {0};
 	long		used = 0;
+	int64		policy[5];
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
+	if (tupdesc->natts != 5 && tupdesc->natts != 10)
+		elog(ERROR, "usage_guard: shmem_info has %d columns, this library knows 5 or 10",
+			 tupdesc->natts);
 	if (counters != NULL)
 	{
 		LockAllPartitions(LW_SHARED);
@@ -590,5 +597,8 @@ usage_guard_shmem_info(PG_FUNCTION_ARGS)
 	values[2] = Int64GetDatum(used);
 	values[3] = Int64GetDatum(counters != NULL ? (int64) CountersShmemSize() : 0);
 	values[4] = Int64GetDatum(counters != NULL ? (int64) CounterEntrySize() : 0);
+	SharedPolicyUsage(&policy[1], &policy[0], &policy[2], &policy[3], &policy[4]);
+	for (int i = 0; i < 5; i++)
+		values[5 + i] = Int64GetDatum(policy[i]);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
 }

@@ -267,5 +267,7 @@ usage_guard_reset_counters(PG_FUNCTION_ARGS)
 	/* nothing is loaded during recovery, and the ledger cannot change behind us */
 	if (!CountersUsable())
 		PG_RETURN_INT64(0);
+	/* policies too: catalog rows loaded with triggers off were never announced */
+	SharedPolicyResetAll();
 	PG_RETURN_INT64(ResetCounters());
 }

@@ -111,33 +111,54 @@ ReadLimitRows(LimitPair *pairs, TimestampTz *expires)
 	return mask;
 }
 
-/* Fill a policy from the catalog */
-void
-LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
+static CachedQuery overrides_exist_query = {
+	"SELECT 1 FROM usage_guard.tenant_overrides WHERE tenant_id = $1 LIMIT 1",
+	1, {TEXTOID}
+};
+
+/*
+ * Run a catalog read: with the transaction's snapshot (the per-backend
+ * cache, which sees the transaction's own changes), or with the latest one
+ * (the shared cache: what every backend is to see from now on).
+ */
+static void
+CatalogRead(CachedQuery *q, Datum *values, bool latest, long count)
 {
-	Datum		values[2];
+	if (latest)
+		RunQueryLatest(q, values, NULL, count);
+	else
+		RunQuery(q, values, NULL, true, count);
+}
 
-	InternalContext ctx;
+/* Does the feature exist?  (SPI connected) */
+static bool
+ReadFeatureExists(const char *feature_key, bool latest)
+{
+	Datum		values[1];
 
-	memset(policy, 0, sizeof(Policy));
-	strlcpy(policy->tenant_id, tenant_id, sizeof(policy->tenant_id));
-	strlcpy(policy->feature_key, feature_key, sizeof(policy->feature_key));
-
-	BeginInternal(&ctx, true);
-	SPI_connect();
 	values[0] = CStringGetTextDatum(feature_key);
-	RunQuery(&feature_query, values, NULL, true, 1);
-	policy->feature_exists = SPI_processed > 0;
+	CatalogRead(&feature_query, values, latest, 1);
+	return SPI_processed > 0;
+}
 
+/*
+ * The subscription (or the default plan) into policy; *unlimited is the
+ * plan's unlimited_by_default.  (SPI connected)
+ */
+static void
+ReadSubscription(const char *tenant_id, Policy *policy, bool *unlimited, bool latest)
+{
+	Datum		values[1];
+
+	*unlimited = false;
 	values[0] = CStringGetTextDatum(tenant_id);
-	RunQuery(CatalogHasPlanDefaults() ? &subscription_query : &subscription_query_old,
-			 values, NULL, true, 1);
+	CatalogRead(CatalogHasPlanDefaults() ? &subscription_query : &subscription_query_old,
+				values, latest, 1);
 	if (SPI_processed > 0)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		bool		unlimited;
 		Datum		d;
 		char	   *plan = SPI_getvalue(tup, desc, 1);
 
@@ -152,13 +173,46 @@ LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
 		policy->period_start = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
 		d = SPI_getbinval(tup, desc, 4, &isnull);
 		policy->period_end = isnull ? DT_NOEND : DatumGetTimestampTz(d);
+		*unlimited = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull)) && !isnull;
+	}
+}
 
-		unlimited = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull)) && !isnull;
+/* The plan's limits of a feature into policy (SPI connected) */
+static void
+ReadPlanLimits(const char *plan_code, const char *feature_key, Policy *policy, bool latest)
+{
+	Datum		values[2];
 
-		values[0] = CStringGetTextDatum(policy->plan_code);
-		values[1] = CStringGetTextDatum(feature_key);
-		RunQuery(&plan_limits_query, values, NULL, true, 0);
-		policy->plan_mask = ReadLimitRows(policy->plan_limits, NULL);
+	values[0] = CStringGetTextDatum(plan_code);
+	values[1] = CStringGetTextDatum(feature_key);
+	CatalogRead(&plan_limits_query, values, latest, 0);
+	policy->plan_mask = ReadLimitRows(policy->plan_limits, NULL);
+}
+
+static void
+StartPolicy(Policy *policy, const char *tenant_id, const char *feature_key)
+{
+	memset(policy, 0, sizeof(Policy));
+	strlcpy(policy->tenant_id, tenant_id, sizeof(policy->tenant_id));
+	strlcpy(policy->feature_key, feature_key, sizeof(policy->feature_key));
+}
+
+/* Fill a policy from the catalog, as the current transaction sees it */
+void
+LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
+{
+	Datum		values[2];
+	bool		unlimited;
+	InternalContext ctx;
+
+	StartPolicy(policy, tenant_id, feature_key);
+	BeginInternal(&ctx, true);
+	SPI_connect();
+	policy->feature_exists = ReadFeatureExists(feature_key, false);
+	ReadSubscription(tenant_id, policy, &unlimited, false);
+	if (policy->has_subscription)
+	{
+		ReadPlanLimits(policy->plan_code, feature_key, policy, false);
 
 		/*
 		 * A plan that makes every feature unlimited unless it limits it
@@ -174,6 +228,47 @@ LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
 	values[1] = CStringGetTextDatum(feature_key);
 	RunQuery(&override_query, values, NULL, true, 0);
 	policy->override_mask = ReadLimitRows(policy->override_limits, policy->override_expires);
+	SPI_finish();
+	EndInternal(&ctx);
+}
+
+/*
+ * The tenant's part of a policy for the shared cache (shared_policy.c), as
+ * committed now: subscription, the plan's unlimited_by_default, and whether
+ * the tenant has overrides at all.
+ */
+void
+LoadTenantPolicy(const char *tenant_id, Policy *policy, bool *unlimited, bool *has_overrides)
+{
+	Datum		values[1];
+	InternalContext ctx;
+
+	StartPolicy(policy, tenant_id, "");
+	BeginInternal(&ctx, true);
+	SPI_connect();
+	ReadSubscription(tenant_id, policy, unlimited, true);
+	values[0] = CStringGetTextDatum(tenant_id);
+	CatalogRead(&overrides_exist_query, values, true, 1);
+	*has_overrides = SPI_processed > 0;
+	SPI_finish();
+	EndInternal(&ctx);
+}
+
+/*
+ * The plan's part for a feature for the shared cache, as committed now:
+ * whether the feature exists and the plan's limits (plan_code NULL: none).
+ */
+void
+LoadPlanFeature(const char *plan_code, const char *feature_key, Policy *policy)
+{
+	InternalContext ctx;
+
+	StartPolicy(policy, "", feature_key);
+	BeginInternal(&ctx, true);
+	SPI_connect();
+	policy->feature_exists = ReadFeatureExists(feature_key, true);
+	if (plan_code != NULL)
+		ReadPlanLimits(plan_code, feature_key, policy, true);
 	SPI_finish();
 	EndInternal(&ctx);
 }

@@ -37,6 +37,7 @@ ShmemRequest(void)
 	RollingShmemRequest();
 	MetricsShmemRequest();
 	QueueShmemRequest();
+	SharedPolicyShmemRequest();
 }
 
 static void
@@ -48,6 +49,7 @@ ShmemStartup(void)
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	RollingShmemStartup();
 	QueueShmemStartup();
+	SharedPolicyShmemStartup();
 	LWLockRelease(AddinShmemInitLock);
 	MetricsShmemStartup();
 }
@@ -95,6 +97,15 @@ _PG_init(void)
 								0,
 								NULL, NULL, NULL);
 
+		DefineCustomIntVariable("usage_guard.max_tenants",
+								"How many tenants' policies (subscription, plan) the shared policy cache holds.",
+								"About 150 bytes each. Every backend decides from it without reading the catalog; tenants beyond it are read by each backend once.",
+								&usage_guard_max_tenants,
+								100000, 100, 100000000,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+
 		prev_shmem_request_hook = shmem_request_hook;
 		shmem_request_hook = ShmemRequest;
 		prev_shmem_startup_hook = shmem_startup_hook;
@@ -104,5 +115,6 @@ _PG_init(void)
 	MarkGUCPrefixReserved("usage_guard");
 
 	CacheInit();
+	SharedPolicyInit();
 	WritesInit();
 }

@@ -14,6 +14,7 @@
  *	rolling.c		rolling windows: rings of buckets in shared memory
  *	decision.c		limit states -> one decision; errors, JSON and HTTP headers
  *	period.c		UTC calendar and billing-anchored windows
+ *	shared_policy.c	the policy cache in shared memory, invalidated at commit
  *	cache.c			per-backend cache of policies, invalidated by triggers
  *	policy.c		catalog reads behind the cache (SPI)
  *	ledger.c		ledger writes and ledger sums (SPI), the ledger trigger
@@ -244,11 +245,27 @@ extern Oid	LedgerOwner(void);
 extern bool LedgerHasRowSecurity(void);
 extern bool CatalogHasResets(void);
 extern bool CatalogHasPlanDefaults(void);
+extern bool CatalogHasTenantTriggers(void);
 extern uint64 CacheGeneration(void);
 extern int	EffectiveLimits(const Policy *policy, TimestampTz at, FeatureLimit *limits);
 
+/* shared_policy.c */
+extern int	usage_guard_max_tenants;
+extern void SharedPolicyShmemRequest(void);
+extern void SharedPolicyShmemStartup(void);
+extern void SharedPolicyInit(void);
+extern bool SharedPolicyGet(const char *tenant_id, const char *feature_key, Policy *policy);
+extern void SharedPolicyNoteChange(void);
+extern void SharedPolicyNoteAll(void);
+extern void SharedPolicyResetAll(void);
+extern void SharedPolicyUsage(int64 *used, int64 *capacity, int64 *bytes, int64 *hits,
+							  int64 *loads);
+
 /* policy.c */
 extern void LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy);
+extern void LoadTenantPolicy(const char *tenant_id, Policy *policy, bool *unlimited,
+							 bool *has_overrides);
+extern void LoadPlanFeature(const char *plan_code, const char *feature_key, Policy *policy);
 extern Oid	UsageGuardRelid(const char *relname);
 extern void LookupLedger(Oid ledger, Oid *owner, bool *rowsecurity);
 

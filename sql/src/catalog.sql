@@ -134,6 +134,31 @@ CREATE TRIGGER tenant_subscriptions_changed AFTER INSERT OR UPDATE OR DELETE OR 
 CREATE TRIGGER tenant_overrides_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
     ON usage_guard.tenant_overrides FOR EACH STATEMENT EXECUTE FUNCTION usage_guard.catalog_changed();
 
+-- The shared policy cache (0.8.0) holds one entry per tenant for every
+-- backend; a change to a tenant's subscription or overrides makes that
+-- tenant's entry stale when the transaction commits, and nothing else.
+CREATE FUNCTION usage_guard.tenant_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'usage_guard_tenant_changed'
+LANGUAGE C;
+COMMENT ON FUNCTION usage_guard.tenant_changed() IS
+    'Row trigger: the changed tenants'' entries of the shared policy cache are stale once the transaction commits';
+CREATE TRIGGER tenant_subscriptions_rows_changed AFTER INSERT OR UPDATE OR DELETE
+    ON usage_guard.tenant_subscriptions FOR EACH ROW EXECUTE FUNCTION usage_guard.tenant_changed();
+CREATE TRIGGER tenant_overrides_rows_changed AFTER INSERT OR UPDATE OR DELETE
+    ON usage_guard.tenant_overrides FOR EACH ROW EXECUTE FUNCTION usage_guard.tenant_changed();
+
+-- The cache triggers fire also under session_replication_role = replica
+-- (logical replication's apply, a restore that keeps triggers on): a
+-- subscription replicated in must be seen like one inserted here.
+ALTER TABLE usage_guard.features ENABLE ALWAYS TRIGGER features_changed;
+ALTER TABLE usage_guard.plans ENABLE ALWAYS TRIGGER plans_changed;
+ALTER TABLE usage_guard.plan_features ENABLE ALWAYS TRIGGER plan_features_changed;
+ALTER TABLE usage_guard.tenant_subscriptions ENABLE ALWAYS TRIGGER tenant_subscriptions_changed;
+ALTER TABLE usage_guard.tenant_subscriptions ENABLE ALWAYS TRIGGER tenant_subscriptions_rows_changed;
+ALTER TABLE usage_guard.tenant_overrides ENABLE ALWAYS TRIGGER tenant_overrides_changed;
+ALTER TABLE usage_guard.tenant_overrides ENABLE ALWAYS TRIGGER tenant_overrides_rows_changed;
+
 --------------------------------------------------------------------------
 -- pg_dump keeps the catalog's rows (and the ledger's: see ledger.sql)
 --------------------------------------------------------------------------

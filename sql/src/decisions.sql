@@ -1,6 +1,6 @@
 -- usage_guard decisions: the calls an application makes, in C.
 --
--- Owns the result type usage_decision, usage_check, usage_consume,
+-- Owns the result type usage_decision, usage_check, usage_allowed, usage_consume,
 -- usage_enforce and usage_record, and window_of (the decisions' window
 -- computation, for SQL).
 --
@@ -51,6 +51,17 @@ AS 'MODULE_PATHNAME', 'usage_check'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION usage_guard.usage_check(text, text, numeric, timestamptz) IS
     'Would consuming amount be allowed? Checks every window of the feature; no side effects';
+
+CREATE FUNCTION usage_guard.usage_allowed(
+    tenant_id   text,
+    feature_key text,
+    amount      numeric DEFAULT 1,
+    at          timestamptz DEFAULT now())
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'usage_allowed'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION usage_guard.usage_allowed(text, text, numeric, timestamptz) IS
+    'usage_check''s allowed alone: would consuming amount be allowed? Same checks and errors, no side effects';
 
 CREATE FUNCTION usage_guard.usage_consume(
     tenant_id       text,

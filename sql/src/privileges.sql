@@ -51,6 +51,7 @@ GRANT USAGE ON SCHEMA usage_guard
 -- Application: the decision functions, nothing else
 GRANT EXECUTE ON FUNCTION
     usage_guard.usage_check(text, text, numeric, timestamptz),
+    usage_guard.usage_allowed(text, text, numeric, timestamptz),
     usage_guard.usage_consume(text, text, numeric, text, jsonb, timestamptz),
     usage_guard.usage_enforce(text, text, numeric, text, jsonb, timestamptz),
     usage_guard.usage_record(text, text, numeric, timestamptz, text, jsonb),
