@@ -112,6 +112,11 @@ INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, feature_ke
     ('pro', 'api_key', 'quota', 'cost_usd', NULL, '1 hour', 1e12),
     ('pro', 'api_key', 'quota', 'cost_usd', 'day', NULL, 1e12),
     ('pro', 'team', 'quota', 'cost_usd', 'month', NULL, 1e13);
+-- reference for the ledger write: a table of the ledger's shape and indexes
+-- (no trigger), written the row usage_consume writes
+CREATE TABLE ledger_shape (LIKE usage_guard.usage_events INCLUDING DEFAULTS INCLUDING IDENTITY);
+ALTER TABLE ledger_shape ADD PRIMARY KEY (tenant_id, feature_key, occurred_at, event_id) INCLUDE (amount);
+CREATE UNIQUE INDEX ON ledger_shape (tenant_id, feature_key, idempotency_key) WHERE idempotency_key IS NOT NULL;
 VACUUM ANALYZE;
 SQL
 
@@ -122,7 +127,9 @@ printf '\\set t random(1, %d)\nINSERT INTO plain_insert (tenant_id, amount) VALU
 printf '\\set t random(1, %d)\nSELECT hand_consume(%s, %s, 1, 1e14);\n' "$TENANTS" "'t' || :t" "'tokens'" >"$S/hand.sql"
 printf 'SELECT hand_consume(%s, %s, 1, 1e14);\n' "'t1'" "'tokens'" >"$S/hand_one.sql"
 printf '\\set t random(1, %d)\nSELECT * FROM usage_guard.usage_check(%s, %s, 1);\n' "$TENANTS" "'t' || :t" "'tokens'" >"$S/check.sql"
+printf '\\set t random(1, %d)\nSELECT usage_guard.usage_allowed(%s, %s, 1);\n' "$TENANTS" "'t' || :t" "'tokens'" >"$S/allowed.sql"
 printf '\\set t random(1, %d)\nSELECT * FROM usage_guard.usage_consume(%s, %s, 1);\n' "$TENANTS" "'t' || :t" "'tokens'" >"$S/consume.sql"
+printf '\\set t random(1, %d)\nINSERT INTO ledger_shape (tenant_id, feature_key, amount, kind) VALUES (%s, %s, 1, %s);\n' "$TENANTS" "'t' || :t" "'tokens'" "'consume'" >"$S/ledger_insert.sql"
 printf 'SELECT * FROM usage_guard.usage_consume(%s, %s, 1);\n' "'t1'" "'tokens'" >"$S/consume_one.sql"
 # reference: what SELECT * FROM a composite-returning function costs by
 # itself (a built-in one returning 15 columns from shared memory)
@@ -139,23 +146,29 @@ printf '\\set t random(1, %d)\nINSERT INTO plain_insert (tenant_id, amount) VALU
 
 declare -A TPS
 # run NAME SCRIPT SECONDS: one pgbench run; appends its TPS to TPS[NAME]
+# (further arguments go to pgbench: -C for a new connection per transaction)
 run() {
-    local tps
-    tps=$(as_owner pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$3" -f "$S/$2" \
+    local tps name=$1 script=$2 secs=$3
+    shift 3
+    tps=$(as_owner pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$secs" -f "$S/$script" "$@" \
             -h "$PGHOST" -p "$PGPORT" -U postgres bench 2>&1 |
           sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | tail -n 1)
-    TPS[$1]="${TPS[$1]:-} ${tps:-0}"
+    TPS[$name]="${TPS[$name]:-} ${tps:-0}"
 }
 median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR == 0) print 0; else print a[int((NR + 1) / 2)]}'; }
 
 log "warming up caches and live counters"
 run warm check.sql 2; run warm consume.sql 2; run warm gw_request.sql 2; run warm gw_throttle.sql 2
-run warm gw_admit.sql 2
+run warm gw_admit.sql 2; run warm allowed.sql 2
 
-TESTS=(select1 composite insert insert2 hand hand_one check consume consume_one gw_request gw_lease gw_throttle gw_admit)
+TESTS=(select1 composite insert ledger_insert insert2 hand hand_one check allowed consume consume_one gw_request gw_lease gw_throttle gw_admit)
+# fresh connections: a new backend for every transaction (pgbench -C), as a
+# pooler that recycles server connections or a restarted application gives
+FRESH=(select1 composite check allowed)
 for r in $(seq 1 "$ROUNDS"); do
     log "round $r of $ROUNDS (${SECONDS_PER_RUN}s per run)"
     for t in "${TESTS[@]}"; do run "$t" "$t.sql" "$SECONDS_PER_RUN"; done
+    for t in "${FRESH[@]}"; do run "${t}_fresh" "$t.sql" "$SECONDS_PER_RUN" -C; done
 done
 
 # the history comparison: equal blocks right before and right after growth,
@@ -180,6 +193,7 @@ for r in $(seq 1 "$ROUNDS"); do run check_grown check.sql "$SECONDS_PER_RUN"; do
 
 declare -A M
 for t in "${TESTS[@]}" check_before check_grown; do M[$t]=$(median "${TPS[$t]}"); done
+for t in "${FRESH[@]}"; do M[${t}_fresh]=$(median "${TPS[${t}_fresh]}"); done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 info=$(psql_bench -At -c "SELECT bytes_per_counter, counters_used, max_counters FROM usage_guard.shmem_info()")
 ledger_rows=$(psql_bench -At -c "SELECT count(*) FROM usage_guard.usage_events")
@@ -198,8 +212,15 @@ $TENANTS tenants, $ROWS ledger rows ($ledger_rows after growth), synchronous_com
 | plain single-row INSERT                         | $(printf '%10.0f' "${M[insert]}") | $(ratio "${M[insert]}" "${M[select1]}") x SELECT 1            |        |
 | hand-written ON CONFLICT check + ledger insert  | $(printf '%10.0f' "${M[hand]}") | $(ratio "${M[hand]}" "${M[insert]}") x INSERT              |        |
 | same, all clients on one tenant                 | $(printf '%10.0f' "${M[hand_one]}") | $(ratio "${M[hand_one]}" "${M[insert]}") x INSERT              |        |
-| usage_check, random tenants                     | $(printf '%10.0f' "${M[check]}") | $(ratio "${M[check]}" "${M[select1]}") x SELECT 1            | >= 0.80 |
-| usage_consume, random tenants                   | $(printf '%10.0f' "${M[consume]}") | $(ratio "${M[consume]}" "${M[insert]}") x INSERT              | >= 0.70 |
+| usage_check, random tenants                     | $(printf '%10.0f' "${M[check]}") | $(ratio "${M[check]}" "${M[composite]}") x composite ref       | >= 0.95 |
+| usage_allowed (boolean), random tenants         | $(printf '%10.0f' "${M[allowed]}") | $(ratio "${M[allowed]}" "${M[select1]}") x SELECT 1            | >= 0.90 |
+| fresh connections (-C): SELECT 1                | $(printf '%10.0f' "${M[select1_fresh]}") | 1.00                     |        |
+| fresh connections: composite reference          | $(printf '%10.0f' "${M[composite_fresh]}") | $(ratio "${M[composite_fresh]}" "${M[select1_fresh]}") x fresh SELECT 1      |        |
+| fresh connections: usage_check                  | $(printf '%10.0f' "${M[check_fresh]}") | $(ratio "${M[check_fresh]}" "${M[composite_fresh]}") x fresh composite    | >= 0.95 |
+| fresh connections: usage_allowed                | $(printf '%10.0f' "${M[allowed_fresh]}") | $(ratio "${M[allowed_fresh]}" "${M[select1_fresh]}") x fresh SELECT 1      | >= 0.90 |
+| reference: INSERT of the ledger row into a table of its shape and indexes | $(printf '%10.0f' "${M[ledger_insert]}") | $(ratio "${M[ledger_insert]}" "${M[insert]}") x INSERT              |        |
+| usage_consume, random tenants                   | $(printf '%10.0f' "${M[consume]}") | $(ratio "${M[consume]}" "${M[ledger_insert]}") x ledger-shaped INSERT | >= 0.90 |
+| usage_consume, random tenants (same row)        |            | $(ratio "${M[consume]}" "${M[insert]}") x plain INSERT        |        |
 | usage_consume, all clients on one tenant        | $(printf '%10.0f' "${M[consume_one]}") | $(ratio "${M[consume_one]}" "${M[consume]}") x random consume      | >= 0.80 |
 | gateway: request_consume, key+user+team+tenant (quotas + rates) | $(printf '%10.0f' "${M[gw_request]}") | $(ratio "${M[gw_request]}" "${M[consume]}") x usage_consume       | >= 0.60 |
 | gateway: same + lease taken and released (2 statements) | $(printf '%10.0f' "${M[gw_lease]}") | $(ratio "${M[gw_lease]}" "${M[consume]}") x usage_consume       | >= 0.60 |
@@ -211,4 +232,6 @@ $TENANTS tenants, $ROWS ledger rows ($ledger_rows after growth), synchronous_com
 
 shared memory per tracked tenant/feature: ${info%%|*} bytes (up to 8 live windows each; $(echo "$info" | cut -d'|' -f2) of $(echo "$info" | cut -d'|' -f3) in use)
 all runs (TPS): $(for t in "${TESTS[@]}" check_before check_grown; do printf '%s:%s; ' "$t" "${TPS[$t]}"; done)
+$(for t in "${FRESH[@]}"; do printf '%s_fresh:%s; ' "$t" "${TPS[${t}_fresh]}"; done)
+shared policy cache: $(psql_bench -At -c "SELECT format('%s tenants cached of %s, %s bytes, %s hits, %s loads', tenants_cached, max_tenants, policy_shmem_bytes, policy_hits, policy_loads) FROM usage_guard.shmem_info()")
 REPORT
