@@ -126,6 +126,7 @@ ALTER TABLE usage_guard.usage_events ENABLE ROW LEVEL SECURITY;
 -- (a) no policy for ug_app: it may act for no tenant (default deny)
 SET ROLE ug_app;
 SELECT try($$SELECT usage_guard.usage_check('pv-t1', 'pv_msgs', 1)$$);
+SELECT try($$SELECT usage_guard.usage_allowed('pv-t1', 'pv_msgs', 1)$$);
 RESET ROLE;
 -- (b) a policy that keeps ug_app away from pv-victim: no decision, no
 --     usage shown, no row written for it; other tenants as before
@@ -133,6 +134,8 @@ CREATE POLICY pv_scope ON usage_guard.usage_events TO ug_app
     USING (tenant_id <> 'pv-victim') WITH CHECK (tenant_id <> 'pv-victim');
 SET ROLE ug_app;
 SELECT try($$SELECT usage_guard.usage_check('pv-victim', 'pv_msgs', 10)$$);
+SELECT try($$SELECT usage_guard.usage_allowed('pv-victim', 'pv_msgs', 10)$$);
+SELECT usage_guard.usage_allowed('pv-t1', 'pv_msgs', 1) AS other_tenant_allowed;
 SELECT try($$SELECT usage_guard.usage_consume('pv-victim', 'pv_msgs', 1)$$);
 SELECT try($$SELECT usage_guard.usage_record('pv-victim', 'pv_msgs', 1)$$);
 SELECT allowed, decision FROM usage_guard.usage_check('pv-t1', 'pv_msgs', 1);

@@ -189,8 +189,9 @@ ReadPlanLimits(const char *plan_code, const char *feature_key, Policy *policy, b
 	policy->plan_mask = ReadLimitRows(policy->plan_limits, NULL);
 }
 
-static void
-StartPolicy(Policy *policy, const char *tenant_id, const char *feature_key)
+/* An empty policy of a tenant's feature */
+void
+InitPolicy(Policy *policy, const char *tenant_id, const char *feature_key)
 {
 	memset(policy, 0, sizeof(Policy));
 	strlcpy(policy->tenant_id, tenant_id, sizeof(policy->tenant_id));
@@ -205,7 +206,7 @@ LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy)
 	bool		unlimited;
 	InternalContext ctx;
 
-	StartPolicy(policy, tenant_id, feature_key);
+	InitPolicy(policy, tenant_id, feature_key);
 	BeginInternal(&ctx, true);
 	SPI_connect();
 	policy->feature_exists = ReadFeatureExists(feature_key, false);
@@ -243,7 +244,7 @@ LoadTenantPolicy(const char *tenant_id, Policy *policy, bool *unlimited, bool *h
 	Datum		values[1];
 	InternalContext ctx;
 
-	StartPolicy(policy, tenant_id, "");
+	InitPolicy(policy, tenant_id, "");
 	BeginInternal(&ctx, true);
 	SPI_connect();
 	ReadSubscription(tenant_id, policy, unlimited, true);
@@ -263,7 +264,7 @@ LoadPlanFeature(const char *plan_code, const char *feature_key, Policy *policy)
 {
 	InternalContext ctx;
 
-	StartPolicy(policy, "", feature_key);
+	InitPolicy(policy, "", feature_key);
 	BeginInternal(&ctx, true);
 	SPI_connect();
 	policy->feature_exists = ReadFeatureExists(feature_key, true);

@@ -380,7 +380,7 @@ GetTenant(const TenantKey *key, uint32 name_hash, TenantEntry *out)
 }
 
 /* The plan's part for a feature: from the table, or loaded and stored */
-static bool
+static void
 GetPlanFeature(Oid ledger, const char *plan_code, const char *feature_key,
 			   PlanFeatureEntry *out)
 {
@@ -404,7 +404,7 @@ GetPlanFeature(Oid ledger, const char *plan_code, const char *feature_key,
 	{
 		memcpy(out, e, sizeof(PlanFeatureEntry));
 		LWLockRelease(PlanFeatureLock());
-		return true;
+		return;
 	}
 	LWLockRelease(PlanFeatureLock());
 
@@ -430,7 +430,6 @@ GetPlanFeature(Oid ledger, const char *plan_code, const char *feature_key,
 			memcpy(e, out, sizeof(PlanFeatureEntry));
 	}
 	LWLockRelease(PlanFeatureLock());
-	return true;
 }
 
 /*
@@ -461,12 +460,9 @@ SharedPolicyGet(const char *tenant_id, const char *feature_key, Policy *policy)
 	name_hash = NameHash(tenant_id);
 	if (!GetTenant(&key, name_hash, &tenant) || tenant.has_overrides)
 		return false;
-	if (!GetPlanFeature(ledger, tenant.has_subscription ? tenant.plan_code : "", feature_key, &pf))
-		return false;
+	GetPlanFeature(ledger, tenant.has_subscription ? tenant.plan_code : "", feature_key, &pf);
 
-	memset(policy, 0, sizeof(Policy));
-	strlcpy(policy->tenant_id, tenant_id, sizeof(policy->tenant_id));
-	strlcpy(policy->feature_key, feature_key, sizeof(policy->feature_key));
+	InitPolicy(policy, tenant_id, feature_key);
 	policy->feature_exists = pf.feature_exists;
 	if (tenant.has_subscription)
 	{

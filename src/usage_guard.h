@@ -262,6 +262,7 @@ extern void SharedPolicyUsage(int64 *used, int64 *capacity, int64 *bytes, int64 
 							  int64 *loads);
 
 /* policy.c */
+extern void InitPolicy(Policy *policy, const char *tenant_id, const char *feature_key);
 extern void LoadPolicy(const char *tenant_id, const char *feature_key, Policy *policy);
 extern void LoadTenantPolicy(const char *tenant_id, Policy *policy, bool *unlimited,
 							 bool *has_overrides);
