@@ -30,15 +30,48 @@
  * What the counters are kept for: one tenant's feature in one database, at
  * one level of the tenant's subjects (subject_id "" is the tenant itself).
  * feature_key "" holds the state of request-rate limits (no feature).
+ *
+ * This is the backend's form, with every name whole, used to look a key up,
+ * lock it and remember own writes.  Shared memory stores it packed
+ * (CounterName).
  */
 typedef struct CounterKey
 {
 	Oid			dbid;
 	Oid			ledger;			/* usage_events' OID: a new extension starts afresh */
+	uint8		tenant_len;		/* strlen of each name: UG_NAME_MAX fits */
+	uint8		feature_len;
+	uint8		subject_len;
 	char		tenant_id[UG_NAME_MAX + 1];
 	char		feature_key[UG_NAME_MAX + 1];
 	char		subject_id[UG_NAME_MAX + 1];
 } CounterKey;
+
+/* Window slots in an entry itself; the others (and rate state) are in an extension */
+#define UG_INLINE_WINDOWS	2
+/* Bytes of names (tenant, feature, subject; packed) kept in the entry itself */
+#define UG_INLINE_NAMES		56
+
+/*
+ * A key as shared memory stores it: the names packed one after the other
+ * without terminators, in the entry when they fit in UG_INLINE_NAMES bytes,
+ * else in a long-name slot (`spill`).  Names are kept whole, never as a
+ * digest: two keys are equal only when every byte of their names is.
+ */
+typedef struct CounterName
+{
+	Oid			dbid;
+	Oid			ledger;
+	uint8		tenant_len;
+	uint8		feature_len;
+	uint8		subject_len;
+	bool		spilled;
+	union
+	{
+		char		names[UG_INLINE_NAMES];
+		int32		spill;		/* index of the long-name slot */
+	}			n;
+} CounterName;
 
 /* One window [start, end) of a key */
 typedef struct CounterWindow
@@ -69,15 +102,40 @@ typedef struct CounterRate
 	double		tat;
 } CounterRate;
 
+/*
+ * A tracked key.  Sized for the common case, a tenant's feature with one or
+ * two live windows (224 bytes); windows beyond UG_INLINE_WINDOWS and rate
+ * state live in an extension slot taken from a pool when first needed.
+ * Reach windows through CounterWindowAt, rates through CounterFindRate.
+ */
 typedef struct CounterEntry
 {
-	CounterKey	key;			/* hash key: must be first */
-	int			nwindows;
-	int			nrates;
-	pg_atomic_uint64 last_used; /* for eviction; written under a shared lock */
-	CounterWindow windows[UG_MAX_WINDOWS];
-	CounterRate rates[UG_MAX_RATES];
+	CounterName key;			/* hash key: must be first */
+	uint8		nwindows;
+	uint8		nrates;
+	int32		ext;			/* extension slot, or -1 */
+	pg_atomic_uint32 last_used; /* seconds, for eviction; written under a shared lock */
+	CounterWindow inline_windows[UG_INLINE_WINDOWS];
 } CounterEntry;
+
+/*
+ * A copy of the live counters of one ledger (live_counters, reset_counters),
+ * taken at once under every partition lock.
+ */
+typedef struct CounterCopy
+{
+	CounterName key;
+	char	   *spilled_names;	/* a copy of the long names, when spilled */
+	int			nwindows;
+	int			first;			/* its windows: windows[first .. first + nwindows) */
+} CounterCopy;
+
+typedef struct CounterSnapshotData
+{
+	int			count;
+	CounterCopy *keys;
+	CounterWindow *windows;
+} CounterSnapshotData;
 
 /* A row this backend wrote in the current transaction and not yet settled */
 typedef struct LocalWrite
@@ -104,7 +162,8 @@ extern void CountersShmemRequest(void);
 extern void CountersShmemStartup(void);
 extern bool CountersAvailable(void);
 extern bool CountersUsable(void);
-extern CounterEntry *CounterSnapshot(Oid ledger, int *count);
+extern CounterSnapshotData *CounterSnapshot(Oid ledger);
+extern void CounterCopyKey(const CounterSnapshotData *snap, int i, CounterKey *key);
 extern int	CounterRemoveStale(Oid ledger);
 extern void CounterSetUsage(const CounterKey *key, uint32 hash, TimestampTz start,
 							TimestampTz end, Amount usage);
@@ -112,7 +171,9 @@ extern void CounterRemoveWindow(const CounterKey *key, uint32 hash, TimestampTz 
 								TimestampTz end);
 extern void MakeCounterKey(CounterKey *key, Oid ledger, const char *tenant_id,
 						   const char *subject_id, const char *feature_key);
-extern bool CounterEnsureEntry(const CounterKey *key, uint32 hash);
+extern bool CounterEnsureEntry(const CounterKey *key, uint32 hash, bool rates);
+extern bool CounterRateRoom(const CounterEntry *entry);
+extern CounterWindow *CounterWindowAt(CounterEntry *entry, int i);
 extern CounterRate *CounterFindRate(CounterEntry *entry, int64 length, bool create);
 extern uint32 CounterKeyHash(const CounterKey *key);
 extern LWLock *CounterPartitionLock(uint32 hash);
@@ -124,6 +185,7 @@ extern bool CounterAddWindow(const CounterKey *key, uint32 hash, TimestampTz sta
 extern void CounterTouch(CounterEntry *entry);
 extern void CounterReportFull(void);
 extern Size CounterEntrySize(void);
+extern int	usage_guard_max_counter_extensions;
 
 /* rolling.c */
 extern int	usage_guard_rolling_buckets;

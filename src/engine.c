@@ -292,7 +292,7 @@ ReadState(EngineRequest *r, bool quotas, bool rate_entries, bool *missing)
 		if (!tg->has_windows && !tg->has_rates)
 			continue;
 		entry = CounterLookup(&tg->key, tg->hash);
-		if (entry == NULL && rate_entries && tg->has_rates)
+		if ((entry == NULL || !CounterRateRoom(entry)) && rate_entries && tg->has_rates)
 		{
 			missing[t] = true;
 			ok = false;
@@ -396,7 +396,7 @@ LoadTarget(EngineRequest *r, int t, bool wait, bool next)
 		if (!LoadWindows(&tg->key, tg->hash, starts, ends, m, wait, r->at))
 			return false;
 	}
-	if (tg->has_rates && !CounterEnsureEntry(&tg->key, tg->hash))
+	if (tg->has_rates && !CounterEnsureEntry(&tg->key, tg->hash, true))
 		return false;
 	return true;
 }
@@ -572,8 +572,15 @@ TableConsume(EngineRequest *r)
 	{
 		if (r->targets[t].charge)
 			LockCounterKey(&r->targets[t].key, r->targets[t].hash, ExclusiveLock);
-		if (usable && r->targets[t].has_rates)
-			(void) CounterEnsureEntry(&r->targets[t].key, r->targets[t].hash);
+		/* a rate limit without state would let every request through: refuse to go on */
+		if (usable && r->targets[t].has_rates &&
+			!CounterEnsureEntry(&r->targets[t].key, r->targets[t].hash, true))
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("no room in shared memory for the rate-limit state of tenant \"%s\"",
+							r->tenant_id),
+					 errdetail("Every extension slot holds windows or rate state in flight."),
+					 errhint("Raise usage_guard.max_counter_extensions or usage_guard.max_counters and restart.")));
 	}
 	TableRead(r);
 	if (!usable)

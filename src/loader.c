@@ -79,8 +79,7 @@ LoadRolling(const CounterKey *key, uint32 hash, TimestampTz start, int64 length,
 		RingFree(ring);
 		return false;
 	}
-	if (!CounterAddWindow(key, hash, start, length, total - pos - neg, pos, neg,
-						  GetCurrentTransactionStartTimestamp(), ring))
+	if (!CounterAddWindow(key, hash, start, length, total - pos - neg, pos, neg, at, ring))
 		return false;
 	RegisterOwnWritesSince(key, start, length, since);
 	return true;
@@ -152,8 +151,7 @@ LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *starts,
 			break;
 		}
 		sum = LedgerWindowSum(key->tenant_id, key->subject_id, key->feature_key, starts[i], ends[i]);
-		ok = CounterAddWindow(key, hash, starts[i], ends[i], sum - pos - neg, pos, neg,
-							  GetCurrentTransactionStartTimestamp(), -1);
+		ok = CounterAddWindow(key, hash, starts[i], ends[i], sum - pos - neg, pos, neg, at, -1);
 		if (ok)
 			RegisterOwnWritesIn(key, starts[i], ends[i]);
 		else
@@ -169,18 +167,21 @@ LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *starts,
  * transaction has usage of it in flight.  False (nothing done) if one has.
  */
 static bool
-RecomputeKey(const CounterEntry *snap)
+RecomputeKey(const CounterSnapshotData *snap, int k, CounterKey *key)
 {
-	const CounterKey *key = &snap->key;
-	uint32		hash = CounterKeyHash(key);
+	const CounterCopy *c = &snap->keys[k];
+	uint32		hash;
+
+	CounterCopyKey(snap, k, key);
+	hash = CounterKeyHash(key);
 
 	if (!ConditionalLockCounterKey(key, hash, ExclusiveLock))
 		return false;
 
 	SPI_connect();
-	for (int i = 0; i < snap->nwindows; i++)
+	for (int i = 0; i < c->nwindows; i++)
 	{
-		const CounterWindow *w = &snap->windows[i];
+		const CounterWindow *w = &snap->windows[c->first + i];
 		Amount		sum,
 					pos,
 					neg;
@@ -217,14 +218,20 @@ RecomputeKey(const CounterEntry *snap)
 static int64
 ResetCounters(void)
 {
-	CounterEntry *pending;
+	CounterSnapshotData *snap;
+	int		   *pending;
 	int			npending;
+	CounterKey *key = palloc(sizeof(CounterKey));
 	int64		done = 0;
 	TimestampTz started = GetCurrentTimestamp();
 	bool		noticed = false;
 
 	(void) CounterRemoveStale(LedgerRelid());
-	pending = CounterSnapshot(LedgerRelid(), &npending);
+	snap = CounterSnapshot(LedgerRelid());
+	npending = snap->count;
+	pending = palloc_extended(Max(npending, 1) * sizeof(int), MCXT_ALLOC_HUGE);
+	for (int i = 0; i < npending; i++)
+		pending[i] = i;
 	while (npending > 0)
 	{
 		int			left = 0;
@@ -232,7 +239,7 @@ ResetCounters(void)
 		for (int i = 0; i < npending; i++)
 		{
 			CHECK_FOR_INTERRUPTS();
-			if (RecomputeKey(&pending[i]))
+			if (RecomputeKey(snap, pending[i], key))
 				done++;
 			else
 				pending[left++] = pending[i];

@@ -81,9 +81,18 @@ _PG_init(void)
 	{
 		DefineCustomIntVariable("usage_guard.max_counters",
 								"How many tenant/feature pairs the shared-memory counters track.",
-								"Each holds up to 8 live windows; beyond this, idle ones are evicted and reloaded from the ledger when needed.",
+								"Each holds two live windows in about 250 bytes (more windows and rate state take extension slots); beyond this, idle ones are evicted and reloaded from the ledger when needed.",
 								&usage_guard_max_counters,
 								20000, 100, 10000000,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+
+		DefineCustomIntVariable("usage_guard.max_counter_extensions",
+								"How many counter keys may hold more than two live windows or rate-limit state at once.",
+								"Each extension slot holds six more windows and four rate limits (about 500 bytes); -1 means one per 16 counters.",
+								&usage_guard_max_counter_extensions,
+								-1, -1, 10000000,
 								PGC_POSTMASTER,
 								0,
 								NULL, NULL, NULL);

@@ -126,7 +126,7 @@ RegisterWrite(CounterEntry *entry, LocalWrite *w)
 {
 	for (int i = 0; i < entry->nwindows; i++)
 	{
-		CounterWindow *win = &entry->windows[i];
+		CounterWindow *win = CounterWindowAt(entry, i);
 		bool		in = win->ring >= 0 ? (!w->scoped && RingContains(win, w->at)) :
 			InWindow(w, win->start, win->end);
 

@@ -44,12 +44,14 @@ CREATE FUNCTION usage_guard.shmem_info(
     OUT enabled boolean, OUT max_counters bigint, OUT counters_used bigint,
     OUT shmem_bytes bigint, OUT bytes_per_counter bigint,
     OUT max_tenants bigint, OUT tenants_cached bigint, OUT policy_shmem_bytes bigint,
-    OUT policy_hits bigint, OUT policy_loads bigint)
+    OUT policy_hits bigint, OUT policy_loads bigint,
+    OUT max_counter_extensions bigint, OUT counter_extensions_used bigint,
+    OUT long_names_used bigint)
 RETURNS record
 AS 'MODULE_PATHNAME', 'usage_guard_shmem_info'
 LANGUAGE C STRICT VOLATILE;
 COMMENT ON FUNCTION usage_guard.shmem_info() IS
-    'Shared-memory sizing: whether the fast path is on, usage_guard.max_counters, entries in use, bytes in all and per tenant/feature entry; the shared policy cache: usage_guard.max_tenants, tenants cached, its bytes, lookups served from it and loads from the catalog since start';
+    'Shared-memory sizing: whether the fast path is on, usage_guard.max_counters, entries in use, bytes in all and per tenant/feature entry with up to two windows; the shared policy cache: usage_guard.max_tenants, tenants cached, its bytes, lookups served from it and loads from the catalog since start; the counters'' extension slots (windows beyond two, rate state): how many, how many in use; long-name slots in use';
 
 --------------------------------------------------------------------------
 -- Metrics

@@ -7,7 +7,10 @@
 #      and one transaction holding reservations for 150 tenants): the keys
 #      that do not fit take the table path inside the same transaction and
 #      still decide exactly; after the commit, idle entries are evicted and
-#      the fast path works again.
+#      the fast path works again;
+#   C. with no extension slots (max_counter_extensions = 0): two windows per
+#      key stay exact, and a rate limit refuses to run without room for its
+#      state (53400) rather than let every request through.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -321,6 +324,71 @@ is_deeply(\@rounds, [ map { "round $_: t|1|0 full" } 1 .. 5 ],
   or diag explain \@rounds;
 
 $nb->stop;
+
+# =========================================================================
+# C. Preloaded, no extension slots (usage_guard.max_counter_extensions = 0):
+#    an entry holds two windows and no rate state
+# =========================================================================
+
+my $nc = PostgreSQL::Test::Cluster->new('noext');
+$nc->init;
+$nc->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'usage_guard'
+usage_guard.max_counter_extensions = 0
+log_statement = none
+});
+$nc->start;
+$nc->safe_psql('postgres', "CREATE DATABASE $db");
+$nc->safe_psql($db, q{
+    CREATE EXTENSION usage_guard;
+    INSERT INTO usage_guard.features (feature_key, unit) VALUES ('calls', 'call');
+    INSERT INTO usage_guard.plans (plan_code) VALUES ('tiny');
+    INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, hard_limit) VALUES ('tiny', 'calls', 'day', 3);
+    INSERT INTO usage_guard.tenant_subscriptions (tenant_id, plan_code, current_period_start)
+    VALUES ('back', 'tiny', '2026-01-01'), ('gw', 'tiny', '2026-01-01');
+    INSERT INTO usage_guard.subjects (tenant_id, subject_id, level) VALUES ('gw', 'key-1', 'api_key');
+    INSERT INTO usage_guard.subject_limits (tenant_id, subject_id, level, limit_kind, per, hard_limit)
+    VALUES ('gw', 'key-1', 'api_key', 'rate', '1 second', 2);
+});
+is($nc->safe_psql($db, 'SELECT max_counter_extensions, counter_extensions_used FROM usage_guard.shmem_info()'),
+	'0|0', 'C: no extension slots');
+
+# one tenant consumes on five days going back in time (each decision needs
+# its day while the later days are still live): two windows fit, the rest
+# take the table path or reuse an idle slot; every day ends exactly at 3
+my $days = $nc->safe_psql($db, q{
+    SELECT string_agg(CASE WHEN allowed THEN 't' ELSE 'f' END, ',' ORDER BY d, k)
+      FROM generate_series(0, 4) AS d, generate_series(1, 4) AS k,
+           LATERAL usage_guard.usage_consume('back', 'calls', 1,
+                       at => timestamptz '2026-03-10 12:00+00' - d * interval '1 day' + k * interval '1 s') c});
+is($days, join(',', ('t,t,t,f') x 5), 'C: on each of 5 days 3 units pass and the 4th is refused');
+is($nc->safe_psql($db, q{
+    SELECT count(*) FILTER (WHERE s = 3) || '/' || count(*)
+      FROM (SELECT date_trunc('day', occurred_at), sum(amount) AS s FROM usage_guard.usage_events
+             WHERE tenant_id = 'back' GROUP BY 1) x}),
+	'5/5', 'C: the ledger holds exactly 3 for each day');
+is($nc->safe_psql($db, q{
+    SELECT (max(nwindows) <= 2) || '|' || count(*) FILTER (WHERE c.usage <> (
+               SELECT coalesce(sum(e.amount), 0) FROM usage_guard.usage_events e
+                WHERE e.tenant_id = c.tenant_id AND e.feature_key = c.feature_key
+                  AND e.occurred_at >= c.window_start AND e.occurred_at < c.window_end))
+      FROM usage_guard.live_counters() c,
+           LATERAL (SELECT count(*) AS nwindows FROM usage_guard.live_counters() x
+                     WHERE x.tenant_id = c.tenant_id AND x.feature_key = c.feature_key) n}),
+	'true|0', 'C: at most two live windows per key, each equal to the ledger');
+
+# a rate limit needs state: with no slot for it the request fails (53400)
+# rather than passing unlimited, and writes nothing
+my ($ret, $out, $err) = $nc->psql($db, q{
+    SELECT allowed FROM usage_guard.request_consume('gw', 'key-1', 'calls', 1, at => '2026-03-10 12:00+00')},
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/53400: no room in shared memory for the rate-limit state of tenant "gw"/,
+	'C: a rate-limited request without room for its state fails with 53400');
+like($err, qr/HINT:  Raise usage_guard.max_counter_extensions/, 'C: the hint names the setting');
+is($nc->safe_psql($db, q{SELECT count(*) FROM usage_guard.usage_events WHERE tenant_id = 'gw'}),
+	'0', 'C: the failed request wrote no ledger row');
+
+$nc->stop;
 
 note sprintf('runtime %.1f s', time - $started);
 done_testing();
