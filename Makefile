@@ -32,7 +32,7 @@ DATA = $(filter-out $(DATA_built),sql/$(EXTENSION)--0.1.0.sql $(wildcard sql/$(E
 
 REGRESS = setup catalog check consume record periods billing overrides \
           idempotency soft_mode errors totals meter_table counters metrics rollups maintenance sync reports \
-          privileges search_path names plan_defaults policy_cache compact_counters gateway models admission upgrade
+          privileges search_path names plan_defaults policy_cache compact_counters bulk gateway models admission upgrade
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/usage_guard.conf
 
 ISOLATION = consume_last_unit reload_after_restart catalog_change ledger_rules_change \

@@ -1,6 +1,6 @@
 -- usage_guard 0.7.0 -> 0.8.0: performance II: the shared policy cache
 -- (row triggers on the tenant tables, cache triggers that fire also for
--- replicated rows), usage_allowed, and shmem_info's policy-cache and counter-pool
+-- replicated rows), usage_allowed, usage_record_batch, and shmem_info's policy-cache and counter-pool
 -- columns.
 -- Every change here is also in sql/src, which holds the current definition
 -- of every object; the upgrade test proves both equal.
@@ -47,6 +47,26 @@ COMMENT ON FUNCTION usage_guard.usage_allowed(text, text, numeric, timestamptz) 
     'usage_check''s allowed alone: would consuming amount be allowed? Same checks and errors, no side effects';
 REVOKE ALL ON FUNCTION usage_guard.usage_allowed(text, text, numeric, timestamptz) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION usage_guard.usage_allowed(text, text, numeric, timestamptz)
+    TO usage_guard_application;
+
+--------------------------------------------------------------------------
+-- usage_record_batch (sql/src/decisions.sql)
+--------------------------------------------------------------------------
+
+CREATE FUNCTION usage_guard.usage_record_batch(
+    tenant_ids       text[],
+    feature_keys     text[],
+    amounts          numeric[],
+    occurred_ats     timestamptz[] DEFAULT NULL,
+    idempotency_keys text[] DEFAULT NULL,
+    attributes       jsonb[] DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'usage_record_batch'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION usage_guard.usage_record_batch(text[], text[], numeric[], timestamptz[], text[], jsonb[]) IS
+    'usage_record for every row of parallel arrays in one call (bulk ingest, written as COPY writes); NULL occurred_ats, idempotency_keys or attributes mean now(), none and ''{}'' for every row; returns the rows recorded (a taken idempotency key skips its row); any bad row fails the whole call';
+REVOKE ALL ON FUNCTION usage_guard.usage_record_batch(text[], text[], numeric[], timestamptz[], text[], jsonb[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION usage_guard.usage_record_batch(text[], text[], numeric[], timestamptz[], text[], jsonb[])
     TO usage_guard_application;
 
 --------------------------------------------------------------------------

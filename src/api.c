@@ -21,6 +21,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
@@ -408,6 +409,172 @@ usage_record(PG_FUNCTION_ARGS)
 		UndoLocalWrite(write);
 
 	PG_RETURN_BOOL(inserted);
+}
+
+/* One argument array of usage_record_batch, deconstructed */
+typedef struct BatchColumn
+{
+	const char *name;
+	Datum	   *values;
+	bool	   *nulls;
+	int			n;
+	bool		given;
+} BatchColumn;
+
+static void
+BatchArray(FunctionCallInfo fcinfo, int argno, const char *name, Oid elemtype, BatchColumn *col)
+{
+	ArrayType  *a;
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	col->name = name;
+	col->given = !PG_ARGISNULL(argno);
+	col->n = 0;
+	if (!col->given)
+		return;
+	a = PG_GETARG_ARRAYTYPE_P(argno);
+	if (ARR_NDIM(a) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s must be a one-dimensional array", name)));
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	deconstruct_array(a, elemtype, typlen, typbyval, typalign, &col->values, &col->nulls, &col->n);
+}
+
+/* Row i of a column that must have a value there */
+static Datum
+BatchValue(const BatchColumn *col, int i)
+{
+	if (col->nulls[i])
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s[%d] must not be NULL", col->name, i + 1)));
+	return col->values[i];
+}
+
+static void
+BatchErrorContext(void *arg)
+{
+	errcontext("usage_record_batch row %d", *(int *) arg + 1);
+}
+
+PG_FUNCTION_INFO_V1(usage_record_batch);
+/*
+ * usage_record_batch(tenant_ids, feature_keys, amounts, occurred_ats,
+ * idempotency_keys, attributes): usage_record for every row of parallel
+ * arrays, in one call.  Rows without an idempotency key are written as COPY
+ * writes (LedgerBatch); the others one by one, so that a key already taken
+ * skips its row.  Every row is checked before it is counted; any bad row
+ * fails the call and writes nothing.  Returns the rows recorded.
+ */
+Datum
+usage_record_batch(PG_FUNCTION_ARGS)
+{
+	BatchColumn tenants,
+				features,
+				amounts,
+				times,
+				keys,
+				attrs;
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	Datum		empty = (Datum) 0;
+	LedgerBatch *batch = NULL;
+	int64		recorded = 0;
+	int			row = 0;
+	ErrorContextCallback errctx;
+	char		known_feature[UG_NAME_MAX + 1] = "";
+
+	BatchArray(fcinfo, 0, "tenant_ids", TEXTOID, &tenants);
+	BatchArray(fcinfo, 1, "feature_keys", TEXTOID, &features);
+	BatchArray(fcinfo, 2, "amounts", NUMERICOID, &amounts);
+	BatchArray(fcinfo, 3, "occurred_ats", TIMESTAMPTZOID, &times);
+	BatchArray(fcinfo, 4, "idempotency_keys", TEXTOID, &keys);
+	BatchArray(fcinfo, 5, "attributes", JSONBOID, &attrs);
+	if (!tenants.given || !features.given || !amounts.given)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("tenant_ids, feature_keys and amounts must not be NULL")));
+	if (features.n != tenants.n || amounts.n != tenants.n ||
+		(times.given && times.n != tenants.n) || (keys.given && keys.n != tenants.n) ||
+		(attrs.given && attrs.n != tenants.n))
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("the arrays of usage_record_batch must have the same length"),
+				 errdetail("tenant_ids has %d elements, feature_keys %d, amounts %d.",
+						   tenants.n, features.n, amounts.n),
+				 errhint("occurred_ats, idempotency_keys and attributes may be NULL (now(), none, '{}' for every row).")));
+	RequireWritable("usage_record_batch()");
+	if (tenants.n == 0)
+		PG_RETURN_INT64(0);
+
+	errctx.callback = BatchErrorContext;
+	errctx.arg = &row;
+	errctx.previous = error_context_stack;
+	error_context_stack = &errctx;
+
+	for (row = 0; row < tenants.n; row++)
+	{
+		char	   *tenant_id = CheckedName(TextDatumGetCString(BatchValue(&tenants, row)), "tenant_id");
+		char	   *feature_key = CheckedName(TextDatumGetCString(BatchValue(&features, row)), "feature_key");
+		Numeric		amount_num = CheckedAmount(DatumGetNumeric(BatchValue(&amounts, row)));
+		Amount		amount = ToAmount(amount_num);
+		TimestampTz at = times.given ? CheckedTime(DatumGetTimestampTz(BatchValue(&times, row)),
+												   "occurred_at") : now;
+		char	   *key = keys.given && !keys.nulls[row] ?
+			CheckedName(TextDatumGetCString(keys.values[row]), "idempotency_key") : NULL;
+		Datum		attributes;
+
+		if (attrs.given && !attrs.nulls[row])
+			attributes = CheckedAttributes(DatumGetJsonbP(attrs.values[row]));
+		else
+		{
+			if (empty == (Datum) 0)
+				empty = DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"));
+			attributes = empty;
+		}
+
+		RequireTenantScope(tenant_id, feature_key, amount_num, at, "record", key, attributes, true);
+		/* a feature's existence does not change within the call */
+		if (strcmp(known_feature, feature_key) != 0)
+		{
+			Policy		policy;
+
+			GetPolicy(tenant_id, feature_key, &policy);
+			RequireFeature(&policy);
+			strlcpy(known_feature, feature_key, sizeof(known_feature));
+		}
+
+		if (key == NULL)
+		{
+			if (batch == NULL)
+				batch = LedgerBatchBegin();
+			if (batch != NULL)
+			{
+				(void) CountLedgerRow(tenant_id, NULL, feature_key, at, amount, false);
+				LedgerBatchAdd(batch, tenant_id, feature_key, amount_num, at, attributes);
+				recorded++;
+				continue;
+			}
+		}
+		{
+			LocalWrite *write = CountLedgerRow(tenant_id, NULL, feature_key, at, amount, key != NULL);
+			bool		inserted;
+
+			SPI_connect();
+			inserted = InsertUsageEvent(tenant_id, feature_key, amount_num, at, "record",
+										key, attributes, NULL, (Datum) 0);
+			SPI_finish();
+			if (!inserted && write != NULL)
+				UndoLocalWrite(write);
+			recorded += inserted;
+		}
+	}
+	if (batch != NULL)
+		LedgerBatchEnd(batch);
+	error_context_stack = errctx.previous;
+	PG_RETURN_INT64(recorded);
 }
 
 static void

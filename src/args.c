@@ -16,16 +16,10 @@
 #include "usage_guard.h"
 
 /* A text argument that must be present, non-empty and of sane length */
+/* A name's checks (non-empty, at most UG_NAME_MAX bytes); returns it */
 char *
-RequiredText(FunctionCallInfo fcinfo, int argno, const char *name)
+CheckedName(char *s, const char *name)
 {
-	char	   *s;
-
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be NULL", name)));
-	s = text_to_cstring(PG_GETARG_TEXT_PP(argno));
 	if (s[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -38,7 +32,16 @@ RequiredText(FunctionCallInfo fcinfo, int argno, const char *name)
 	return s;
 }
 
-/* An optional text argument (idempotency key): NULL allowed, empty not */
+char *
+RequiredText(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", name)));
+	return CheckedName(text_to_cstring(PG_GETARG_TEXT_PP(argno)), name);
+}
+
 char *
 OptionalText(FunctionCallInfo fcinfo, int argno, const char *name)
 {
@@ -48,16 +51,10 @@ OptionalText(FunctionCallInfo fcinfo, int argno, const char *name)
 }
 
 /* An amount: finite, not negative, at most 1e15 */
+/* An amount's checks (finite, 0 to 1e15); returns it */
 Numeric
-RequiredAmount(FunctionCallInfo fcinfo, int argno)
+CheckedAmount(Numeric n)
 {
-	Numeric		n;
-
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("amount must not be NULL")));
-	n = PG_GETARG_NUMERIC(argno);
 	if (numeric_is_nan(n) || numeric_is_inf(n))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -77,7 +74,16 @@ RequiredAmount(FunctionCallInfo fcinfo, int argno)
 	return n;
 }
 
-/* A uuid argument that must be present (a lease or reservation id) */
+Numeric
+RequiredAmount(FunctionCallInfo fcinfo, int argno)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("amount must not be NULL")));
+	return CheckedAmount(PG_GETARG_NUMERIC(argno));
+}
+
 Datum
 RequiredUuid(FunctionCallInfo fcinfo, int argno, const char *name)
 {
@@ -89,16 +95,10 @@ RequiredUuid(FunctionCallInfo fcinfo, int argno, const char *name)
 }
 
 /* A time argument: present and finite */
+/* A time's check (finite); returns it */
 TimestampTz
-RequiredTime(FunctionCallInfo fcinfo, int argno, const char *name)
+CheckedTime(TimestampTz ts, const char *name)
 {
-	TimestampTz ts;
-
-	if (PG_ARGISNULL(argno))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be NULL", name)));
-	ts = PG_GETARG_TIMESTAMPTZ(argno);
 	if (TIMESTAMP_NOT_FINITE(ts))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -106,15 +106,20 @@ RequiredTime(FunctionCallInfo fcinfo, int argno, const char *name)
 	return ts;
 }
 
-/* The attributes argument: a JSON object, NULL taken as {} */
-Datum
-Attributes(FunctionCallInfo fcinfo, int argno)
+TimestampTz
+RequiredTime(FunctionCallInfo fcinfo, int argno, const char *name)
 {
-	Jsonb	   *j;
-
 	if (PG_ARGISNULL(argno))
-		return DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"));
-	j = PG_GETARG_JSONB_P(argno);
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", name)));
+	return CheckedTime(PG_GETARG_TIMESTAMPTZ(argno), name);
+}
+
+/* Attributes must be a JSON object; returns it as a Datum */
+Datum
+CheckedAttributes(Jsonb *j)
+{
 	if (!JB_ROOT_IS_OBJECT(j) || JB_ROOT_IS_SCALAR(j))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -122,7 +127,14 @@ Attributes(FunctionCallInfo fcinfo, int argno)
 	return PointerGetDatum(j);
 }
 
-/* The amount argument as an Amount (at most 12 decimal places) */
+Datum
+Attributes(FunctionCallInfo fcinfo, int argno)
+{
+	if (PG_ARGISNULL(argno))
+		return DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"));
+	return CheckedAttributes(PG_GETARG_JSONB_P(argno));
+}
+
 Amount
 ToAmount(Numeric n)
 {

@@ -468,6 +468,18 @@ MakeCounterKey(CounterKey *key, Oid ledger, const char *tenant_id, const char *s
 	Assert(strlen(tenant_id) <= UG_NAME_MAX && strlen(feature_key) <= UG_NAME_MAX);
 }
 
+/* Do two lookup keys name the same counters? */
+bool
+CounterKeyEquals(const CounterKey *a, const CounterKey *b)
+{
+	return a->dbid == b->dbid && a->ledger == b->ledger &&
+		a->tenant_len == b->tenant_len && a->feature_len == b->feature_len &&
+		a->subject_len == b->subject_len &&
+		memcmp(a->tenant_id, b->tenant_id, a->tenant_len) == 0 &&
+		memcmp(a->feature_key, b->feature_key, a->feature_len) == 0 &&
+		memcmp(a->subject_id, b->subject_id, a->subject_len) == 0;
+}
+
 uint32
 CounterKeyHash(const CounterKey *key)
 {

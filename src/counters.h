@@ -176,6 +176,7 @@ extern bool CounterRateRoom(const CounterEntry *entry);
 extern CounterWindow *CounterWindowAt(CounterEntry *entry, int i);
 extern CounterRate *CounterFindRate(CounterEntry *entry, int64 length, bool create);
 extern uint32 CounterKeyHash(const CounterKey *key);
+extern bool CounterKeyEquals(const CounterKey *a, const CounterKey *b);
 extern LWLock *CounterPartitionLock(uint32 hash);
 extern CounterEntry *CounterLookup(const CounterKey *key, uint32 hash);
 extern CounterWindow *CounterFindWindow(CounterEntry *entry, TimestampTz start, TimestampTz end);

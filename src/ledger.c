@@ -11,6 +11,7 @@
 #include "postgres.h"
 
 #include "access/detoast.h"
+#include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -309,6 +310,18 @@ DirectInsertAllowed(Relation rel)
 	return true;
 }
 
+/* The ledger's event_id sequence, looked up again after a catalog change */
+static void
+KnowSequence(Relation rel)
+{
+	if (seq_ledger != RelationGetRelid(rel) || seq_generation != CacheGeneration())
+	{
+		seq_id = UgGetIdentitySequence(rel, COL_EVENT_ID + 1);
+		seq_ledger = RelationGetRelid(rel);
+		seq_generation = CacheGeneration();
+	}
+}
+
 /*
  * Insert a key-less ledger row with the table AM and the index AMs, as
  * logical replication's apply does: the executor start-up and shutdown of
@@ -338,12 +351,7 @@ DirectInsert(const char *tenant_id, const char *feature_key, Numeric amount,
 		EndInternal(&ctx);
 		return false;
 	}
-	if (seq_ledger != RelationGetRelid(rel) || seq_generation != CacheGeneration())
-	{
-		seq_id = UgGetIdentitySequence(rel, COL_EVENT_ID + 1);
-		seq_ledger = RelationGetRelid(rel);
-		seq_generation = CacheGeneration();
-	}
+	KnowSequence(rel);
 
 	estate = CreateExecutorState();
 	rri = makeNode(ResultRelInfo);
@@ -386,6 +394,122 @@ DirectInsert(const char *tenant_id, const char *feature_key, Numeric amount,
 	/* the row is visible to the next statement and to our own ledger sums */
 	CommandCounterIncrement();
 	return true;
+}
+
+/*
+ * A batch of key-less rows of kind 'record' (usage_record_batch), written
+ * as COPY writes: the table AM's multi-insert, LEDGER_BATCH_ROWS rows at a
+ * time, then their index entries; one executor state for the whole batch.
+ */
+#define LEDGER_BATCH_ROWS 1000
+
+struct LedgerBatch
+{
+	Relation	rel;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	BulkInsertState bistate;
+	MemoryContext rows;			/* the pending rows' values, reset at each flush */
+	int			n;
+	TupleTableSlot *slots[LEDGER_BATCH_ROWS];
+};
+
+/* Start a batch; NULL when the ledger is not of the known shape (use InsertUsageEvent) */
+LedgerBatch *
+LedgerBatchBegin(void)
+{
+	LedgerBatch *b;
+	Relation	rel;
+	InternalContext ctx;
+
+	BeginInternal(&ctx, false);
+	rel = table_open(LedgerRelid(), RowExclusiveLock);
+	if (!DirectInsertAllowed(rel) || RelationGetDescr(rel)->natts != lengthof(ledger_columns))
+	{
+		table_close(rel, RowExclusiveLock);
+		EndInternal(&ctx);
+		return NULL;
+	}
+	KnowSequence(rel);
+	b = palloc0(sizeof(LedgerBatch));
+	b->rel = rel;
+	b->estate = CreateExecutorState();
+	b->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(b->rri, rel, 1, NULL, 0);
+	ExecOpenIndices(b->rri, false);
+	b->bistate = GetBulkInsertState();
+	b->rows = AllocSetContextCreate(CurrentMemoryContext, "usage_guard batch rows",
+									ALLOCSET_DEFAULT_SIZES);
+	EndInternal(&ctx);
+	return b;
+}
+
+/* Write the pending rows and their index entries, as the ledger's owner */
+static void
+LedgerBatchFlush(LedgerBatch *b)
+{
+	InternalContext ctx;
+
+	if (b->n == 0)
+		return;
+	BeginInternal(&ctx, false);
+	table_multi_insert(b->rel, b->slots, b->n, GetCurrentCommandId(true), 0, b->bistate);
+	for (int i = 0; i < b->n; i++)
+	{
+		UgExecInsertIndexTuples(b->rri, b->slots[i], b->estate, false, false, NULL, NIL);
+		ExecClearTuple(b->slots[i]);
+	}
+	EndInternal(&ctx);
+	MemoryContextReset(b->rows);
+	b->n = 0;
+}
+
+/* Add a row (checked and counted by the caller) */
+void
+LedgerBatchAdd(LedgerBatch *b, const char *tenant_id, const char *feature_key,
+			   Numeric amount, TimestampTz occurred_at, Datum attributes)
+{
+	TupleTableSlot *slot;
+	MemoryContext old;
+
+	if (b->slots[b->n] == NULL)
+		b->slots[b->n] = MakeSingleTupleTableSlot(RelationGetDescr(b->rel), &TTSOpsVirtual);
+	slot = b->slots[b->n];
+	ExecClearTuple(slot);
+	old = MemoryContextSwitchTo(b->rows);
+	memset(slot->tts_isnull, 0, sizeof(bool) * RelationGetDescr(b->rel)->natts);
+	slot->tts_values[COL_TENANT] = CStringGetTextDatum(tenant_id);
+	slot->tts_values[COL_FEATURE] = CStringGetTextDatum(feature_key);
+	slot->tts_values[COL_OCCURRED] = TimestampTzGetDatum(occurred_at);
+	slot->tts_values[COL_EVENT_ID] = Int64GetDatum(nextval_internal(seq_id, false));
+	slot->tts_values[COL_AMOUNT] = NumericGetDatum(amount);
+	slot->tts_values[COL_RECORDED] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	slot->tts_values[COL_KIND] = CStringGetTextDatum("record");
+	slot->tts_isnull[COL_KEY] = true;
+	slot->tts_values[COL_ATTRIBUTES] = attributes;
+	slot->tts_isnull[COL_SUBJECT] = true;
+	slot->tts_isnull[COL_PATH] = true;
+	ExecStoreVirtualTuple(slot);
+	MemoryContextSwitchTo(old);
+	if (++b->n == LEDGER_BATCH_ROWS)
+		LedgerBatchFlush(b);
+}
+
+/* Write what is pending and close the batch */
+void
+LedgerBatchEnd(LedgerBatch *b)
+{
+	LedgerBatchFlush(b);
+	ExecCloseIndices(b->rri);
+	FreeBulkInsertState(b->bistate);
+	for (int i = 0; i < LEDGER_BATCH_ROWS && b->slots[i] != NULL; i++)
+		ExecDropSingleTupleTableSlot(b->slots[i]);
+	FreeExecutorState(b->estate);
+	table_close(b->rel, NoLock);
+	MemoryContextDelete(b->rows);
+	pfree(b);
+	/* the rows are visible to the next statement and to our own ledger sums */
+	CommandCounterIncrement();
 }
 
 /*
@@ -470,14 +594,44 @@ CountLedgerRow(const char *tenant_id, const char *subject_id, const char *featur
 	return w;
 }
 
-/* Attribute numbers of the ledger's columns the trigger reads */
+/*
+ * Attribute number of a column the triggers read.  A bulk load calls this
+ * for every column of every row, so the last answer per name is kept and
+ * checked with one name comparison (a column dropped or renamed since makes
+ * it search again).
+ */
+#define LEDGER_ATTNUM_CACHE 16
+
 static int
 LedgerAttnum(Relation rel, const char *name)
 {
-	int			attnum = SPI_fnumber(RelationGetDescr(rel), name);
+	static struct
+	{
+		const char *name;
+		Oid			relid;
+		int			attnum;
+	}			known[LEDGER_ATTNUM_CACHE];
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			attnum;
+	int			slot = -1;
 
+	for (int i = 0; i < LEDGER_ATTNUM_CACHE && slot < 0; i++)
+		if (known[i].name == name || known[i].name == NULL)
+			slot = i;
+	if (slot >= 0 && known[slot].name == name && known[slot].relid == RelationGetRelid(rel) &&
+		known[slot].attnum <= desc->natts &&
+		!TupleDescAttr(desc, known[slot].attnum - 1)->attisdropped &&
+		strcmp(NameStr(TupleDescAttr(desc, known[slot].attnum - 1)->attname), name) == 0)
+		return known[slot].attnum;
+	attnum = SPI_fnumber(desc, name);
 	if (attnum <= 0)
 		elog(ERROR, "usage_guard: usage_events has no column \"%s\"", name);
+	if (slot >= 0)
+	{
+		known[slot].name = name;
+		known[slot].relid = RelationGetRelid(rel);
+		known[slot].attnum = attnum;
+	}
 	return attnum;
 }
 
@@ -518,13 +672,29 @@ RowAmount(Numeric num)
 	return amount;
 }
 
-/* A row written directly must name a known feature (there is no foreign key) */
+/*
+ * A row written directly must name a known feature (there is no foreign
+ * key).  The last feature found is remembered until the catalog's next
+ * invalidation: a bulk load names few features over many rows.
+ */
 static void
 RequireRowFeature(const char *tenant_id, const char *feature_key)
 {
+	static char known_feature[UG_NAME_MAX + 1];
+	static uint64 known_generation = 0;
+	static Oid	known_ledger = InvalidOid;
 	Policy		policy;
 
+	if (known_ledger == LedgerRelid() && known_generation == CacheGeneration() &&
+		strcmp(known_feature, feature_key) == 0)
+		return;
 	GetPolicy(tenant_id, feature_key, &policy);
+	if (policy.feature_exists)
+	{
+		strlcpy(known_feature, feature_key, sizeof(known_feature));
+		known_generation = CacheGeneration();
+		known_ledger = LedgerRelid();
+	}
 	if (!policy.feature_exists)
 		ereport(ERROR,
 				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),

@@ -188,6 +188,10 @@ typedef struct InternalContext
 } InternalContext;
 
 /* args.c */
+extern char *CheckedName(char *s, const char *name);
+extern Numeric CheckedAmount(Numeric n);
+extern TimestampTz CheckedTime(TimestampTz ts, const char *name);
+extern Datum CheckedAttributes(Jsonb *j);
 extern char *RequiredText(FunctionCallInfo fcinfo, int argno, const char *name);
 extern char *OptionalText(FunctionCallInfo fcinfo, int argno, const char *name);
 extern Numeric RequiredAmount(FunctionCallInfo fcinfo, int argno);
@@ -280,6 +284,11 @@ extern LocalWrite *CountLedgerRow(const char *tenant_id, const char *subject_id,
 								  const char *feature_key, TimestampTz at, Amount amount,
 								  bool undoable);
 extern bool IdempotencyKeyExists(const char *tenant_id, const char *feature_key, const char *key);
+typedef struct LedgerBatch LedgerBatch;
+extern LedgerBatch *LedgerBatchBegin(void);
+extern void LedgerBatchAdd(LedgerBatch *b, const char *tenant_id, const char *feature_key,
+						   Numeric amount, TimestampTz occurred_at, Datum attributes);
+extern void LedgerBatchEnd(LedgerBatch *b);
 extern bool InsertUsageEvent(const char *tenant_id, const char *feature_key,
 							 Numeric amount, TimestampTz occurred_at,
 							 const char *kind, const char *idempotency_key,

@@ -140,8 +140,20 @@ RegisterWrite(CounterEntry *entry, LocalWrite *w)
 	}
 }
 
+static uint32
+UnloadableHash(const void *key, Size keysize)
+{
+	return CounterKeyHash((const CounterKey *) key);
+}
+
+static int
+UnloadableMatch(const void *a, const void *b, Size keysize)
+{
+	return CounterKeyEquals((const CounterKey *) a, (const CounterKey *) b) ? 0 : 1;
+}
+
 static void
-MarkUnloadable(const CounterKey *key)
+MarkUnloadable(const CounterKey *key, uint32 hash)
 {
 	if (unloadable == NULL)
 	{
@@ -149,11 +161,13 @@ MarkUnloadable(const CounterKey *key)
 
 		info.keysize = sizeof(CounterKey);
 		info.entrysize = sizeof(CounterKey);
+		info.hash = UnloadableHash;
+		info.match = UnloadableMatch;
 		info.hcxt = TopTransactionContext;
 		unloadable = hash_create("usage_guard unloadable keys", 64, &info,
-								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+								 HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
 	}
-	(void) hash_search(unloadable, key, HASH_ENTER, NULL);
+	(void) hash_search_with_hash_value(unloadable, key, hash, HASH_ENTER, NULL);
 }
 
 static bool
@@ -188,8 +202,16 @@ AddWrite(CounterEntry *entry, const CounterKey *key, uint32 hash, TimestampTz at
 		 Amount amount, bool undoable, bool scoped, TimestampTz scope_start,
 		 TimestampTz scope_end)
 {
-	LocalWrite *w = MemoryContextAllocZero(TopTransactionContext, sizeof(LocalWrite));
+	LocalWrite *w;
 	LocalWrite *prev = writes;
+
+	/* no live window: nothing to settle (the common row of a bulk load) */
+	if (entry == NULL && !undoable)
+	{
+		MarkUnloadable(key, hash);
+		return NULL;
+	}
+	w = MemoryContextAllocZero(TopTransactionContext, sizeof(LocalWrite));
 
 	w->key = *key;
 	w->hash = hash;
@@ -205,14 +227,14 @@ AddWrite(CounterEntry *entry, const CounterKey *key, uint32 hash, TimestampTz at
 
 	if (!undoable && w->nregistered == 0)
 	{
-		MarkUnloadable(key);
+		MarkUnloadable(key, hash);
 		pfree(w);
 		return NULL;
 	}
 	if (!undoable && !scoped && prev != NULL && !prev->undoable && !prev->scoped &&
 		prev->subid == w->subid &&
 		(prev->amount >= 0) == (amount >= 0) && prev->hash == hash &&
-		memcmp(&prev->key, key, sizeof(CounterKey)) == 0 && SameRegistrations(prev, w))
+		CounterKeyEquals(&prev->key, key) && SameRegistrations(prev, w))
 	{
 		prev->amount += amount;
 		prev->mixed |= (prev->at != at);
@@ -308,7 +330,7 @@ OwnWritesIn(const CounterKey *key, TimestampTz start, TimestampTz end,
 		return false;
 	for (LocalWrite *w = writes; w != NULL; w = w->next)
 	{
-		if (memcmp(&w->key, key, sizeof(CounterKey)) != 0)
+		if (!CounterKeyEquals(&w->key, key))
 			continue;
 		if (w->mixed)
 			return false;
@@ -337,7 +359,7 @@ OwnWritesSince(const CounterKey *key, TimestampTz since, int32 ring,
 		return false;
 	for (LocalWrite *w = writes; w != NULL; w = w->next)
 	{
-		if (memcmp(&w->key, key, sizeof(CounterKey)) != 0 || w->scoped)
+		if (!CounterKeyEquals(&w->key, key) || w->scoped)
 			continue;
 		if (w->mixed)
 			return false;
@@ -359,7 +381,7 @@ RegisterOwnWritesSince(const CounterKey *key, TimestampTz start, TimestampTz end
 {
 	for (LocalWrite *w = writes; w != NULL; w = w->next)
 	{
-		if (!w->scoped && w->at >= since && memcmp(&w->key, key, sizeof(CounterKey)) == 0)
+		if (!w->scoped && w->at >= since && CounterKeyEquals(&w->key, key))
 			AddRegistration(w, start, end);
 	}
 }
@@ -370,7 +392,7 @@ RegisterOwnWritesIn(const CounterKey *key, TimestampTz start, TimestampTz end)
 {
 	for (LocalWrite *w = writes; w != NULL; w = w->next)
 	{
-		if (InWindow(w, start, end) && memcmp(&w->key, key, sizeof(CounterKey)) == 0)
+		if (InWindow(w, start, end) && CounterKeyEquals(&w->key, key))
 			AddRegistration(w, start, end);
 	}
 }

@@ -1,7 +1,7 @@
 -- usage_guard decisions: the calls an application makes, in C.
 --
 -- Owns the result type usage_decision, usage_check, usage_allowed, usage_consume,
--- usage_enforce and usage_record, and window_of (the decisions' window
+-- usage_enforce, usage_record and usage_record_batch, and window_of (the decisions' window
 -- computation, for SQL).
 --
 -- Assembled by the Makefile into sql/usage_guard--<version>.sql in the order
@@ -101,6 +101,19 @@ AS 'MODULE_PATHNAME', 'usage_record'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION usage_guard.usage_record(text, text, numeric, timestamptz, text, jsonb) IS
     'Records actual usage unconditionally (post-paid); false when the idempotency key was already recorded for the tenant''s feature';
+
+CREATE FUNCTION usage_guard.usage_record_batch(
+    tenant_ids       text[],
+    feature_keys     text[],
+    amounts          numeric[],
+    occurred_ats     timestamptz[] DEFAULT NULL,
+    idempotency_keys text[] DEFAULT NULL,
+    attributes       jsonb[] DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'usage_record_batch'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION usage_guard.usage_record_batch(text[], text[], numeric[], timestamptz[], text[], jsonb[]) IS
+    'usage_record for every row of parallel arrays in one call (bulk ingest, written as COPY writes); NULL occurred_ats, idempotency_keys or attributes mean now(), none and ''{}'' for every row; returns the rows recorded (a taken idempotency key skips its row); any bad row fails the whole call';
 
 -- UG003 exactly as the decisions raise it, for SQL callers: every
 -- usage_policy_configuration_error has one shape (message, hint, JSON).

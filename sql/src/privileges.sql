@@ -55,6 +55,7 @@ GRANT EXECUTE ON FUNCTION
     usage_guard.usage_consume(text, text, numeric, text, jsonb, timestamptz),
     usage_guard.usage_enforce(text, text, numeric, text, jsonb, timestamptz),
     usage_guard.usage_record(text, text, numeric, timestamptz, text, jsonb),
+    usage_guard.usage_record_batch(text[], text[], numeric[], timestamptz[], text[], jsonb[]),
     usage_guard.request_check(text, text, text, numeric, timestamptz),
     usage_guard.request_consume(text, text, text, numeric, text, jsonb, interval, timestamptz),
     usage_guard.request_enforce(text, text, text, numeric, text, jsonb, interval, timestamptz),
