@@ -37,6 +37,19 @@ static LocalWrite *writes = NULL;
  */
 static HTAB *unloadable = NULL;
 
+/*
+ * The write each key's next row may merge into (its latest mergeable one),
+ * so that memory and the scans of `writes` grow with keys, not rows, also
+ * when a bulk load interleaves tenants.  Lives with `writes`.
+ */
+typedef struct LatestWrite
+{
+	CounterKey	key;
+	LocalWrite *write;
+} LatestWrite;
+
+static HTAB *latest = NULL;
+
 static void
 SetKeyTag(LOCKTAG *tag, const CounterKey *key, uint32 hash)
 {
@@ -152,21 +165,25 @@ UnloadableMatch(const void *a, const void *b, Size keysize)
 	return CounterKeyEquals((const CounterKey *) a, (const CounterKey *) b) ? 0 : 1;
 }
 
+/* A transaction-lifetime hash keyed by CounterKey */
+static HTAB *
+KeyHash(const char *name, Size entrysize)
+{
+	HASHCTL		info;
+
+	info.keysize = sizeof(CounterKey);
+	info.entrysize = entrysize;
+	info.hash = UnloadableHash;
+	info.match = UnloadableMatch;
+	info.hcxt = TopTransactionContext;
+	return hash_create(name, 64, &info, HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+}
+
 static void
 MarkUnloadable(const CounterKey *key, uint32 hash)
 {
 	if (unloadable == NULL)
-	{
-		HASHCTL		info;
-
-		info.keysize = sizeof(CounterKey);
-		info.entrysize = sizeof(CounterKey);
-		info.hash = UnloadableHash;
-		info.match = UnloadableMatch;
-		info.hcxt = TopTransactionContext;
-		unloadable = hash_create("usage_guard unloadable keys", 64, &info,
-								 HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
-	}
+		unloadable = KeyHash("usage_guard unloadable keys", sizeof(CounterKey));
 	(void) hash_search_with_hash_value(unloadable, key, hash, HASH_ENTER, NULL);
 }
 
@@ -193,7 +210,8 @@ SameRegistrations(const LocalWrite *a, const LocalWrite *b)
  *
  * Memory stays bounded by keys, not rows: a row counted in no window is not
  * remembered (its key becomes unloadable for the transaction), and a row
- * counted in the same windows as the previous one is merged into it.  An
+ * counted in the same windows as its key's latest write is merged into it
+ * (found through `latest`, however the rows of keys interleave).  An
  * undoable write (an insert that may turn out to be an idempotent
  * duplicate) is kept on its own and returned; otherwise NULL may be.
  */
@@ -203,7 +221,8 @@ AddWrite(CounterEntry *entry, const CounterKey *key, uint32 hash, TimestampTz at
 		 TimestampTz scope_end)
 {
 	LocalWrite *w;
-	LocalWrite *prev = writes;
+	LocalWrite *prev = NULL;
+	LatestWrite *last = NULL;
 
 	/* no live window: nothing to settle (the common row of a bulk load) */
 	if (entry == NULL && !undoable)
@@ -231,10 +250,17 @@ AddWrite(CounterEntry *entry, const CounterKey *key, uint32 hash, TimestampTz at
 		pfree(w);
 		return NULL;
 	}
-	if (!undoable && !scoped && prev != NULL && !prev->undoable && !prev->scoped &&
-		prev->subid == w->subid &&
-		(prev->amount >= 0) == (amount >= 0) && prev->hash == hash &&
-		CounterKeyEquals(&prev->key, key) && SameRegistrations(prev, w))
+	if (!undoable && !scoped)
+	{
+		bool		found;
+
+		if (latest == NULL)
+			latest = KeyHash("usage_guard latest writes", sizeof(LatestWrite));
+		last = hash_search_with_hash_value(latest, key, hash, HASH_ENTER, &found);
+		prev = found ? last->write : NULL;
+	}
+	if (prev != NULL && prev->subid == w->subid &&
+		(prev->amount >= 0) == (amount >= 0) && SameRegistrations(prev, w))
 	{
 		prev->amount += amount;
 		prev->mixed |= (prev->at != at);
@@ -243,6 +269,8 @@ AddWrite(CounterEntry *entry, const CounterKey *key, uint32 hash, TimestampTz at
 	}
 	w->next = writes;
 	writes = w;
+	if (last != NULL)
+		last->write = w;
 	return w;
 }
 
@@ -403,9 +431,10 @@ SettleAll(bool commit)
 {
 	for (LocalWrite *w = writes; w != NULL; w = w->next)
 		Settle(w, commit);
-	/* both live in TopTransactionContext, which goes away now */
+	/* all live in TopTransactionContext, which goes away now */
 	writes = NULL;
 	unloadable = NULL;
+	latest = NULL;
 }
 
 static void
@@ -443,6 +472,10 @@ SettleAtSubXactEnd(SubXactEvent event, SubTransactionId mySubid,
 	switch (event)
 	{
 		case SUBXACT_EVENT_ABORT_SUB:
+			/* it may point at writes freed here; rebuilt by the next rows */
+			if (latest != NULL)
+				hash_destroy(latest);
+			latest = NULL;
 			p = &writes;
 			while (*p != NULL)
 			{
