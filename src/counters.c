@@ -683,17 +683,23 @@ CounterReportFull(void)
 }
 
 /*
- * Pick a slot for a new window in an entry: a free one, else an idle one
- * that ended before `now` (the time of the request that loads: it needs
- * no window that ended before it), else a new one in the entry's
- * extension, else the idle one that ends first.  -1 if all are busy; *no_ext when an
- * extension slot was wanted and the pool had none.
+ * Pick a slot for a new window [start, ...) in an entry, for a request at
+ * `now`: a free one, else an idle one that ended before `now` (the request
+ * needs no window that ended before it), else a new one in the entry's
+ * extension, else the idle one that starts last if it starts after the new
+ * one (a window of a later period, loaded ahead: the new one is needed
+ * sooner).  A window the request needs is never displaced by one it does
+ * not.  -1 if none; *no_ext when an extension slot was wanted and the pool
+ * had none.
  */
 static int
-WindowSlot(CounterEntry *e, TimestampTz now, bool *no_ext)
+WindowSlot(CounterEntry *e, TimestampTz now, TimestampTz start, bool *no_ext)
 {
-	int			best = -1;
+	int			later = -1;
 
+	/* a rolling window is always current: it may displace only later periods */
+	if (IsRollingWindow(start))
+		start = now;
 	*no_ext = false;
 	if (e->nwindows < (e->ext >= 0 ? UG_MAX_WINDOWS : UG_INLINE_WINDOWS))
 		return e->nwindows++;
@@ -705,8 +711,9 @@ WindowSlot(CounterEntry *e, TimestampTz now, bool *no_ext)
 			continue;
 		if (w->end <= now && w->ring < 0)
 			return i;
-		if (best < 0 || w->end < CounterWindowAt(e, best)->end)
-			best = i;
+		if (w->ring < 0 && w->start > start &&
+			(later < 0 || w->start > CounterWindowAt(e, later)->start))
+			later = i;
 	}
 	if (e->nwindows < UG_MAX_WINDOWS)
 	{
@@ -714,18 +721,20 @@ WindowSlot(CounterEntry *e, TimestampTz now, bool *no_ext)
 			return e->nwindows++;
 		*no_ext = true;
 	}
-	return best;
+	return later;
 }
 
 /*
  * Add a loaded window to a key, creating the key's entry if needed, for a
  * request at time `now`.  The caller holds the key's heavyweight lock in
- * ExclusiveLock and no LWLock.
- * False when there is no room even after eviction.
+ * ExclusiveLock and no LWLock.  False when there is no room even after
+ * eviction.  An `optional` window (the next period's, loaded ahead) is
+ * added only where there is room: nothing is evicted for it.
  */
 bool
 CounterAddWindow(const CounterKey *key, uint32 hash, TimestampTz start, TimestampTz end,
-				 Amount usage, Amount reserved, Amount credit, TimestampTz now, int32 ring)
+				 Amount usage, Amount reserved, Amount credit, TimestampTz now, int32 ring,
+				 bool optional)
 {
 	LWLock	   *lock = CounterPartitionLock(hash);
 
@@ -745,11 +754,11 @@ CounterAddWindow(const CounterKey *key, uint32 hash, TimestampTz start, Timestam
 				int			before = e->nwindows;
 				CounterWindow *w;
 
-				slot = WindowSlot(e, now, &no_ext);
+				slot = WindowSlot(e, now, start, &no_ext);
 				if (slot < 0)
 				{
 					LWLockRelease(lock);
-					if (no_ext && attempt == 0 && EvictIdle() > 0)
+					if (!optional && no_ext && attempt == 0 && EvictIdle() > 0)
 						continue;
 					RingFree(ring);
 					return false;
@@ -771,7 +780,7 @@ CounterAddWindow(const CounterKey *key, uint32 hash, TimestampTz start, Timestam
 			return true;
 		}
 		LWLockRelease(lock);
-		if (EvictIdle() == 0)
+		if (optional || EvictIdle() == 0)
 			break;
 	}
 	RingFree(ring);

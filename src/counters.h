@@ -182,7 +182,7 @@ extern CounterEntry *CounterLookup(const CounterKey *key, uint32 hash);
 extern CounterWindow *CounterFindWindow(CounterEntry *entry, TimestampTz start, TimestampTz end);
 extern bool CounterAddWindow(const CounterKey *key, uint32 hash, TimestampTz start,
 							 TimestampTz end, Amount usage, Amount reserved,
-							 Amount credit, TimestampTz now, int32 ring);
+							 Amount credit, TimestampTz now, int32 ring, bool optional);
 extern void CounterTouch(CounterEntry *entry);
 extern void CounterReportFull(void);
 extern Size CounterEntrySize(void);
@@ -208,7 +208,8 @@ extern void WindowCommit(CounterWindow *win, TimestampTz at, Amount amount);
 
 /* loader.c */
 extern bool LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *starts,
-						const TimestampTz *ends, int n, bool wait, TimestampTz at);
+						const TimestampTz *ends, int n, int required, bool wait,
+						TimestampTz at);
 
 /* writes.c */
 extern void WritesInit(void);

@@ -393,7 +393,7 @@ LoadTarget(EngineRequest *r, int t, bool wait, bool next)
 	if (tg->has_windows)
 	{
 		m = TargetWindows(r, t, starts, ends, next, &ncur);
-		if (!LoadWindows(&tg->key, tg->hash, starts, ends, m, wait, r->at))
+		if (!LoadWindows(&tg->key, tg->hash, starts, ends, m, ncur, wait, r->at))
 			return false;
 	}
 	if (tg->has_rates && !CounterEnsureEntry(&tg->key, tg->hash, true))

@@ -79,7 +79,7 @@ LoadRolling(const CounterKey *key, uint32 hash, TimestampTz start, int64 length,
 		RingFree(ring);
 		return false;
 	}
-	if (!CounterAddWindow(key, hash, start, length, total - pos - neg, pos, neg, at, ring))
+	if (!CounterAddWindow(key, hash, start, length, total - pos - neg, pos, neg, at, ring, false))
 		return false;
 	RegisterOwnWritesSince(key, start, length, since);
 	return true;
@@ -87,7 +87,7 @@ LoadRolling(const CounterKey *key, uint32 hash, TimestampTz start, int64 length,
 
 bool
 LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *starts,
-			const TimestampTz *ends, int n, bool wait, TimestampTz at)
+			const TimestampTz *ends, int n, int required, bool wait, TimestampTz at)
 {
 	LWLock	   *lock = CounterPartitionLock(hash);
 	bool		missing[2 * UG_MAX_WINDOWS];
@@ -151,11 +151,14 @@ LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *starts,
 			break;
 		}
 		sum = LedgerWindowSum(key->tenant_id, key->subject_id, key->feature_key, starts[i], ends[i]);
-		ok = CounterAddWindow(key, hash, starts[i], ends[i], sum - pos - neg, pos, neg, at, -1);
-		if (ok)
+		if (CounterAddWindow(key, hash, starts[i], ends[i], sum - pos - neg, pos, neg, at, -1,
+							 i >= required))
 			RegisterOwnWritesIn(key, starts[i], ends[i]);
-		else
+		else if (i < required)
+		{
+			ok = false;
 			CounterReportFull();
+		}
 	}
 	SPI_finish();
 	UnlockCounterKey(key, hash, ExclusiveLock);

@@ -377,6 +377,30 @@ is($nc->safe_psql($db, q{
                      WHERE x.tenant_id = c.tenant_id AND x.feature_key = c.feature_key) n}),
 	'true|0', 'C: at most two live windows per key, each equal to the ledger');
 
+# a feature with a monthly and a daily quota has four windows to keep (each
+# period's current and next): the two current ones fit, the next ones are
+# not loaded ahead and never displace them, so decisions stay on the fast
+# path (no "full" line) and exact
+$nc->safe_psql($db, q{
+    INSERT INTO usage_guard.features (feature_key) VALUES ('two');
+    INSERT INTO usage_guard.plans (plan_code) VALUES ('both');
+    INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, hard_limit)
+    VALUES ('both', 'two', 'month', 1000), ('both', 'two', 'day', 5);
+    INSERT INTO usage_guard.tenant_subscriptions (tenant_id, plan_code, current_period_start)
+    VALUES ('md', 'both', '2026-03-01');
+});
+my $coff = -s $nc->logfile;
+is($nc->safe_psql($db, qq{
+    SELECT string_agg(CASE WHEN allowed THEN 't' ELSE 'f' END, '' ORDER BY k)
+      FROM generate_series(1, 7) AS k,
+           LATERAL usage_guard.usage_consume('md', 'two', 1, at => '$at'::timestamptz + k * interval '1 s') c}),
+	'tttttff', 'C: month + day quotas with no extension slots: 5 pass, then the day refuses');
+is($nc->safe_psql($db, q{
+    SELECT string_agg(to_char(window_start, 'MM-DD') || '=' || usage, ',' ORDER BY window_start)
+      FROM usage_guard.live_counters() WHERE tenant_id = 'md'}),
+	'03-01=5,03-10=5', 'C: the two current windows are live, with the right usage');
+is_deeply([ log_pids($nc, $msg_full, $coff) ], [], 'C: no decision took the table path for lack of room');
+
 # a rate limit needs state: with no slot for it the request fails (53400)
 # rather than passing unlimited, and writes nothing
 my ($ret, $out, $err) = $nc->psql($db, q{
