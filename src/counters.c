@@ -102,13 +102,13 @@ FreeRings(CounterEntry *e)
 static HTAB *counters = NULL;
 static bool full_reported = false;
 
-/* Extension slots: the GUC, or by default one per 16 entries */
+/* Extension slots: the GUC, or by default one per 4 entries */
 static int
 ExtensionSlots(void)
 {
 	if (usage_guard_max_counter_extensions >= 0)
 		return usage_guard_max_counter_extensions;
-	return usage_guard_max_counters / 16 + 64;
+	return usage_guard_max_counters / 4 + 64;
 }
 
 /* Long-name slots: one per 64 entries */

@@ -90,7 +90,7 @@ _PG_init(void)
 
 		DefineCustomIntVariable("usage_guard.max_counter_extensions",
 								"How many counter keys may hold more than two live windows or rate-limit state at once.",
-								"Each extension slot holds six more windows and four rate limits (about 500 bytes); -1 means one per 16 counters.",
+								"Each extension slot holds six more windows and four rate limits (about 500 bytes); -1 means one per 4 counters.",
 								&usage_guard_max_counter_extensions,
 								-1, -1, 10000000,
 								PGC_POSTMASTER,

@@ -8,11 +8,13 @@
 #   bash test/bench/run.sh --smoke    a quick run that only shows the machinery works
 #
 # Knobs (environment): BENCH_TENANTS, BENCH_ROWS, BENCH_SECONDS, BENCH_ROUNDS,
-# BENCH_CLIENTS, BENCH_THREADS, BENCH_GROWTH (ledger multiplier for the last step).
+# BENCH_CLIENTS, BENCH_THREADS, BENCH_GROWTH (ledger multiplier for the last step),
+# BENCH_BULK_ROWS (rows per bulk-ingest run), BENCH_SCALE_TENANTS (the scale step).
 source "$(dirname "$0")/../../scripts/common.sh"
 
 if [ "${1:-}" = "--smoke" ]; then
     : "${BENCH_TENANTS:=200}" "${BENCH_ROWS:=20000}" "${BENCH_SECONDS:=2}" "${BENCH_ROUNDS:=1}"
+    : "${BENCH_BULK_ROWS:=5000}" "${BENCH_SCALE_TENANTS:=2000}"
 fi
 TENANTS=${BENCH_TENANTS:-10000}
 ROWS=${BENCH_ROWS:-1000000}
@@ -21,6 +23,9 @@ ROUNDS=${BENCH_ROUNDS:-3}
 CLIENTS=${BENCH_CLIENTS:-8}
 THREADS=${BENCH_THREADS:-2}
 GROWTH=${BENCH_GROWTH:-10}
+BULK_ROWS=${BENCH_BULK_ROWS:-200000}
+SCALE=${BENCH_SCALE_TENANTS:-1000000}
+[ "$SCALE" -gt "$TENANTS" ] || SCALE=$((TENANTS * 10))
 
 ensure_prereqs
 [ "${BENCH_NO_BUILD:-}" = 1 ] || build_install
@@ -32,7 +37,9 @@ trap 'stop_cluster "$WORKDIR"; rm -rf "$WORKDIR"' EXIT
 CLUSTER_CONF="shared_buffers = '1GB'
 autovacuum = off
 max_connections = 50
-usage_guard.max_counters = $((TENANTS * 10 + 1000))
+usage_guard.max_counters = $((TENANTS * 10 + SCALE + 1000))
+usage_guard.max_counter_extensions = $((TENANTS * 6 + 1000))
+usage_guard.max_tenants = $((SCALE + TENANTS + 1000))
 max_wal_size = '4GB'
 checkpoint_timeout = '30min'"
 start_cluster "$WORKDIR" 55432
@@ -171,6 +178,59 @@ for r in $(seq 1 "$ROUNDS"); do
     for t in "${FRESH[@]}"; do run "${t}_fresh" "$t.sql" "$SECONDS_PER_RUN" -C; done
 done
 
+# bulk ingest: the same rows by COPY into a table of the ledger's shape (no
+# usage_guard), by COPY into the ledger (its row trigger checks and counts
+# them) and by usage_record_batch in calls of 1,000 rows; times in ms
+log "bulk ingest: $BULK_ROWS rows per run"
+psql_bench <<SQL
+\\copy (SELECT 't' || (1 + i % $TENANTS), 'tokens', 1 + i % 3, 'record', now() - (i % 3600) * interval '1 second' FROM generate_series(1, $BULK_ROWS) AS i) TO '$S/bulk.csv' WITH (FORMAT csv)
+CREATE TABLE bulk_rows (tenant_id text, feature_key text, amount numeric, kind text, occurred_at timestamptz);
+\\copy bulk_rows FROM '$S/bulk.csv' WITH (FORMAT csv)
+CREATE TABLE bulk_calls AS
+SELECT c, array_agg(tenant_id) AS t, array_agg(feature_key) AS f, array_agg(amount) AS a, array_agg(occurred_at) AS o
+  FROM (SELECT (row_number() OVER ()) / 1000 AS c, * FROM bulk_rows) x GROUP BY c;
+CHECKPOINT;
+SQL
+declare -A MS
+timed() {
+    local name=$1 start end
+    shift
+    start=$(date +%s%N)
+    psql_bench -c "$*" >/dev/null
+    end=$(date +%s%N)
+    MS[$name]="${MS[$name]:-} $(( (end - start) / 1000000 ))"
+}
+for r in $(seq 1 "$ROUNDS"); do
+    timed copy_shape "\\copy ledger_shape (tenant_id, feature_key, amount, kind, occurred_at) FROM '$S/bulk.csv' WITH (FORMAT csv)"
+    timed copy_ledger "\\copy usage_guard.usage_events (tenant_id, feature_key, amount, kind, occurred_at) FROM '$S/bulk.csv' WITH (FORMAT csv)"
+    timed batch "SELECT sum(usage_guard.usage_record_batch(t, f, a, o)) FROM bulk_calls"
+done
+bulk_exact=$(psql_bench -At -c "
+    SELECT count(*) FILTER (WHERE c.usage + c.reserved <> (SELECT coalesce(sum(e.amount), 0) FROM usage_guard.usage_events e
+                                          WHERE e.tenant_id = c.tenant_id AND e.feature_key = c.feature_key
+                                            AND e.occurred_at >= c.window_start AND e.occurred_at < c.window_end))
+           || ' of ' || count(*)
+      FROM usage_guard.live_counters() c WHERE c.subject_id IS NULL AND c.window_end - c.window_start <= interval '1 day'")
+
+# scale: $SCALE tenants, each with a live counter, against the $TENANTS-tenant rows above
+log "scale: $SCALE tenants"
+psql_bench <<SQL
+INSERT INTO usage_guard.tenant_subscriptions (tenant_id, plan_code, current_period_start)
+SELECT 't' || i, 'pro', now() - interval '3 days' FROM generate_series($TENANTS + 1, $SCALE) AS i;
+VACUUM ANALYZE usage_guard.tenant_subscriptions;
+SELECT count(*) FROM generate_series(1, $SCALE) AS i,
+       LATERAL usage_guard.usage_check('t' || i, 'tokens', 1) c WHERE c.allowed;
+SQL
+printf '\\set t random(1, %d)\nSELECT * FROM usage_guard.usage_check(%s, %s, 1);\n' "$SCALE" "'t' || :t" "'tokens'" >"$S/check_scale.sql"
+printf '\\set t random(1, %d)\nSELECT * FROM usage_guard.usage_consume(%s, %s, 1);\n' "$SCALE" "'t' || :t" "'tokens'" >"$S/consume_scale.sql"
+run warm check_scale.sql 2
+for r in $(seq 1 "$ROUNDS"); do
+    run check_scale check_scale.sql "$SECONDS_PER_RUN"
+    run consume_scale consume_scale.sql "$SECONDS_PER_RUN"
+done
+scale_info=$(psql_bench -At -c "SELECT counters_used || ' counters, ' || pg_size_pretty(shmem_bytes) || ' in all (' || bytes_per_counter || ' bytes per tenant/feature with up to two windows; '
+                                       || counter_extensions_used || ' of ' || max_counter_extensions || ' extension slots in use)' FROM usage_guard.shmem_info()")
+
 # the history comparison: equal blocks right before and right after growth,
 # each after a checkpoint, so background writes do not favour either side
 psql_bench -c 'CHECKPOINT'
@@ -191,11 +251,31 @@ SQL
 run warm check.sql 2
 for r in $(seq 1 "$ROUNDS"); do run check_grown check.sql "$SECONDS_PER_RUN"; done
 
+info=$(psql_bench -At -c "SELECT bytes_per_counter, counters_used, max_counters FROM usage_guard.shmem_info()")
+policy_info=$(psql_bench -At -c "SELECT format('%s tenants cached of %s, %s bytes, %s hits, %s loads', tenants_cached, max_tenants, policy_shmem_bytes, policy_hits, policy_loads) FROM usage_guard.shmem_info()")
+
+# counters that do not fit: max_counters at a tenth of the $SCALE tenants
+# (shared memory is sized at start: restart with the new setting)
+log "eviction: max_counters = $((SCALE / 10)) for $SCALE tenants"
+psql_bench -c "ALTER SYSTEM SET usage_guard.max_counters = $((SCALE / 10))" -c "ALTER SYSTEM SET usage_guard.max_counter_extensions = $((SCALE / 40))"
+as_owner pg_ctl -D "$WORKDIR/data" -l "$WORKDIR/server.log" -w restart >/dev/null
+run warm check_scale.sql 2
+for r in $(seq 1 "$ROUNDS"); do
+    run check_evict check_scale.sql "$SECONDS_PER_RUN"
+    run consume_evict consume_scale.sql "$SECONDS_PER_RUN"
+done
+evict_exact=$(psql_bench -At -c "
+    SELECT count(*) FILTER (WHERE c.usage + c.reserved <> (SELECT coalesce(sum(e.amount), 0) FROM usage_guard.usage_events e
+                                          WHERE e.tenant_id = c.tenant_id AND e.feature_key = c.feature_key
+                                            AND e.occurred_at >= c.window_start AND e.occurred_at < c.window_end))
+           || ' of ' || count(*) FROM usage_guard.live_counters() c WHERE c.subject_id IS NULL")
+evict_full=$(grep -c 'shared memory for counters is full' "$WORKDIR/server.log" || true)
+
 declare -A M
-for t in "${TESTS[@]}" check_before check_grown; do M[$t]=$(median "${TPS[$t]}"); done
+for t in "${TESTS[@]}" check_before check_grown check_scale consume_scale check_evict consume_evict; do M[$t]=$(median "${TPS[$t]}"); done
+for t in copy_shape copy_ledger batch; do M[$t]=$(median "${MS[$t]}"); done
 for t in "${FRESH[@]}"; do M[${t}_fresh]=$(median "${TPS[${t}_fresh]}"); done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-info=$(psql_bench -At -c "SELECT bytes_per_counter, counters_used, max_counters FROM usage_guard.shmem_info()")
 ledger_rows=$(psql_bench -At -c "SELECT count(*) FROM usage_guard.usage_events")
 
 cat <<REPORT
@@ -227,11 +307,21 @@ $TENANTS tenants, $ROWS ledger rows ($ledger_rows after growth), synchronous_com
 | gateway: request_throttle, rate limits only     | $(printf '%10.0f' "${M[gw_throttle]}") | $(ratio "${M[gw_throttle]}" "${M[select1]}") x SELECT 1            | >= 0.70 |
 | two plain single-row INSERTs (2 statements)     | $(printf '%10.0f' "${M[insert2]}") | $(ratio "${M[insert2]}" "${M[insert]}") x INSERT              |        |
 | gateway: admit + settle (tokens, USD budgets, 2 statements) | $(printf '%10.0f' "${M[gw_admit]}") | $(ratio "${M[gw_admit]}" "${M[insert2]}") x two INSERTs         | >= 0.60 |
+| bulk: COPY of $BULK_ROWS rows into a table of the ledger's shape (ms) | $(printf '%10.0f' "${M[copy_shape]}") | 1.00                     |        |
+| bulk: COPY of the same rows into usage_events (ms) | $(printf '%10.0f' "${M[copy_ledger]}") | $(ratio "${M[copy_shape]}" "${M[copy_ledger]}") x COPY speed         | >= 0.80 |
+| bulk: usage_record_batch, calls of 1,000 rows (ms) | $(printf '%10.0f' "${M[batch]}") | $(ratio "${M[copy_shape]}" "${M[batch]}") x COPY speed         | >= 0.80 |
+| scale: usage_check, $SCALE tenants, each with a live counter | $(printf '%10.0f' "${M[check_scale]}") | $(ratio "${M[check_scale]}" "${M[check]}") x $TENANTS-tenant check | >= 0.90 |
+| scale: usage_consume, $SCALE tenants            | $(printf '%10.0f' "${M[consume_scale]}") | $(ratio "${M[consume_scale]}" "${M[consume]}") x $TENANTS-tenant consume | >= 0.90 |
+| eviction: usage_check, max_counters = $((SCALE / 10)) for $SCALE tenants | $(printf '%10.0f' "${M[check_evict]}") | $(ratio "${M[check_evict]}" "${M[check_scale]}") x all fitting       |        |
+| eviction: usage_consume, same                   | $(printf '%10.0f' "${M[consume_evict]}") | $(ratio "${M[consume_evict]}" "${M[consume_scale]}") x all fitting       |        |
 | usage_check just before growing the ledger      | $(printf '%10.0f' "${M[check_before]}") |                          |        |
 | usage_check after ${GROWTH}x more ledger history       | $(printf '%10.0f' "${M[check_grown]}") | $(ratio "${M[check_grown]}" "${M[check_before]}") x check before        | >= 0.95 |
 
-shared memory per tracked tenant/feature: ${info%%|*} bytes (up to 8 live windows each; $(echo "$info" | cut -d'|' -f2) of $(echo "$info" | cut -d'|' -f3) in use)
-all runs (TPS): $(for t in "${TESTS[@]}" check_before check_grown; do printf '%s:%s; ' "$t" "${TPS[$t]}"; done)
+shared memory per tracked tenant/feature: ${info%%|*} bytes with up to two live windows (more, and rate state, in extension slots; $(echo "$info" | cut -d'|' -f2) of $(echo "$info" | cut -d'|' -f3) in use before the eviction step)
+scale step: $scale_info
+live windows that differ from the ledger: after bulk ingest $bulk_exact; after the eviction runs $evict_exact; "counters full" log lines during the eviction runs: $evict_full
+bulk runs (ms): $(for t in copy_shape copy_ledger batch; do printf '%s:%s; ' "$t" "${MS[$t]}"; done)
+all runs (TPS): $(for t in "${TESTS[@]}" check_before check_grown check_scale consume_scale check_evict consume_evict; do printf '%s:%s; ' "$t" "${TPS[$t]}"; done)
 $(for t in "${FRESH[@]}"; do printf '%s_fresh:%s; ' "$t" "${TPS[${t}_fresh]}"; done)
-shared policy cache: $(psql_bench -At -c "SELECT format('%s tenants cached of %s, %s bytes, %s hits, %s loads', tenants_cached, max_tenants, policy_shmem_bytes, policy_hits, policy_loads) FROM usage_guard.shmem_info()")
+shared policy cache (before the eviction step): $policy_info
 REPORT
