@@ -35,7 +35,7 @@ REGRESS = setup catalog check consume record periods billing overrides \
           privileges search_path names plan_defaults policy_cache compact_counters bulk gateway models admission upgrade
 REGRESS_OPTS = --temp-instance=./tmp_regress --temp-config=$(srcdir)/test/usage_guard.conf
 
-ISOLATION = consume_last_unit reload_after_restart catalog_change ledger_rules_change \
+ISOLATION = bulk_escalation consume_last_unit reload_after_restart catalog_change ledger_rules_change \
             gateway_levels gateway_leases admission_settle admission_budget admission_alerts \
             policy_cache
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=./tmp_isolation \

@@ -481,6 +481,7 @@ usage_record_batch(PG_FUNCTION_ARGS)
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	Datum		empty = (Datum) 0;
 	LedgerBatch *batch = NULL;
+	bool		batch_tried = false;
 	int64		recorded = 0;
 	int			row = 0;
 	ErrorContextCallback errctx;
@@ -548,8 +549,9 @@ usage_record_batch(PG_FUNCTION_ARGS)
 
 		if (key == NULL)
 		{
-			if (batch == NULL)
+			if (!batch_tried)
 				batch = LedgerBatchBegin();
+			batch_tried = true;
 			if (batch != NULL)
 			{
 				(void) CountLedgerRow(tenant_id, NULL, feature_key, at, amount, false);

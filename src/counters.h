@@ -226,7 +226,9 @@ extern void RegisterOwnWritesIn(const CounterKey *key, TimestampTz start, Timest
 extern void RegisterOwnWritesSince(const CounterKey *key, TimestampTz start, TimestampTz end,
 								   TimestampTz since);
 extern void LockIdempotencyKey(const char *tenant_id, const char *feature_key, const char *key);
-extern void LockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode);
+extern bool LockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode);
+extern bool LockLedgerWide(bool wait);
+extern void UnlockLedgerWide(void);
 extern bool ConditionalLockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode);
 extern void UnlockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode);
 

@@ -507,7 +507,8 @@ FastConsume(EngineRequest *r, Decision **d)
 	/* rule 1: a writer holds this until its transaction ends: loaders wait for it */
 	for (int t = 0; t < r->ntargets; t++)
 		if (r->targets[t].charge)
-			LockCounterKey(&r->targets[t].key, r->targets[t].hash, RowExclusiveLock);
+			r->targets[t].key_locked =
+				LockCounterKey(&r->targets[t].key, r->targets[t].hash, RowExclusiveLock);
 
 	for (int attempt = 0; attempt < 3; attempt++)
 	{
@@ -550,8 +551,11 @@ static void
 ReleaseKeyLocks(EngineRequest *r, LOCKMODE mode)
 {
 	for (int t = r->ntargets - 1; t >= 0; t--)
-		if (r->targets[t].charge)
+		if (r->targets[t].charge && (mode != RowExclusiveLock || r->targets[t].key_locked))
 			UnlockCounterKey(&r->targets[t].key, r->targets[t].hash, mode);
+	/* the table path's side of escalation (TableConsume) */
+	if (mode == ExclusiveLock)
+		UnlockLedgerWide();
 }
 
 /*
@@ -582,6 +586,8 @@ TableConsume(EngineRequest *r)
 					 errdetail("Every extension slot holds windows or rate state in flight."),
 					 errhint("Raise usage_guard.max_counter_extensions or usage_guard.max_counters and restart.")));
 	}
+	/* writers that escalated to the ledger-wide lock hold no key lock to wait for */
+	(void) LockLedgerWide(true);
 	TableRead(r);
 	if (!usable)
 	{

@@ -28,6 +28,7 @@ typedef struct EngineTarget
 	CounterKey	key;
 	uint32		hash;
 	bool		charge;			/* a ledger row is counted here */
+	bool		key_locked;		/* its key lock is held as a writer (not escalated) */
 	bool		has_windows;	/* some quota limit reads a window */
 	bool		has_rates;
 	Amount		amount;			/* charged to its quota windows */

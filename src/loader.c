@@ -115,6 +115,12 @@ LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *starts,
 		LockCounterKey(key, hash, ExclusiveLock);
 	else if (!ConditionalLockCounterKey(key, hash, ExclusiveLock))
 		return false;
+	/* and the writers that hold the ledger-wide lock instead of key locks */
+	if (!LockLedgerWide(wait))
+	{
+		UnlockCounterKey(key, hash, ExclusiveLock);
+		return false;
+	}
 
 	SPI_connect();
 	for (int i = 0; i < n && ok; i++)
@@ -161,6 +167,7 @@ LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *starts,
 		}
 	}
 	SPI_finish();
+	UnlockLedgerWide();
 	UnlockCounterKey(key, hash, ExclusiveLock);
 	return ok;
 }
@@ -180,6 +187,11 @@ RecomputeKey(const CounterSnapshotData *snap, int k, CounterKey *key)
 
 	if (!ConditionalLockCounterKey(key, hash, ExclusiveLock))
 		return false;
+	if (!LockLedgerWide(false))
+	{
+		UnlockCounterKey(key, hash, ExclusiveLock);
+		return false;
+	}
 
 	SPI_connect();
 	for (int i = 0; i < c->nwindows; i++)
@@ -203,6 +215,7 @@ RecomputeKey(const CounterSnapshotData *snap, int k, CounterKey *key)
 		CounterSetUsage(key, hash, w->start, w->end, sum - pos - neg);
 	}
 	SPI_finish();
+	UnlockLedgerWide();
 	UnlockCounterKey(key, hash, ExclusiveLock);
 	return true;
 }

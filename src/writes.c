@@ -21,6 +21,7 @@
 #include "utils/memutils.h"
 
 #include "counters.h"
+#include "usage_guard.h"
 
 /* field4 of the advisory locktag: 'UG', apart from pg_advisory_lock's 1 and 2 */
 #define UG_LOCKTAG_FIELD4 0x5547
@@ -60,13 +61,74 @@ SetKeyTag(LOCKTAG *tag, const CounterKey *key, uint32 hash)
 	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, hash, hash2, UG_LOCKTAG_FIELD4);
 }
 
-void
+/*
+ * Lock escalation.  Every writer holds its keys' locks until it ends, so a
+ * bulk load over many tenants would need one lock table entry per key and
+ * run out of them ("out of shared memory").  A transaction that already
+ * holds max_locks_per_transaction key locks as a writer takes one
+ * ledger-wide lock in ShareLock instead, until it ends, and no more key
+ * locks.  Loaders and the table path take the ledger-wide lock in
+ * RowExclusiveLock as well as the key lock, so they wait for escalated
+ * writers as they wait for a key's writers; escalated writers do not
+ * conflict with each other.
+ */
+static int	key_locks_taken = 0;
+static SubTransactionId escalated_in = InvalidSubTransactionId;
+
+static void
+SetLedgerTag(LOCKTAG *tag)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, LedgerRelid(), 0, UG_LOCKTAG_FIELD4 + 2);
+}
+
+/*
+ * Take a key's lock.  For a writer (RowExclusiveLock) false means it is
+ * covered by the ledger-wide lock instead: there is nothing to release.
+ */
+bool
 LockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode)
 {
 	LOCKTAG		tag;
 
+	if (mode == RowExclusiveLock)
+	{
+		if (escalated_in != InvalidSubTransactionId)
+			return false;
+		if (key_locks_taken >= max_locks_per_xact)
+		{
+			SetLedgerTag(&tag);
+			(void) LockAcquire(&tag, ShareLock, false, false);
+			escalated_in = GetCurrentSubTransactionId();
+			return false;
+		}
+	}
 	SetKeyTag(&tag, key, hash);
-	(void) LockAcquire(&tag, mode, false, false);
+	if (LockAcquire(&tag, mode, false, false) == LOCKACQUIRE_OK && mode == RowExclusiveLock)
+		key_locks_taken++;
+	return true;
+}
+
+/*
+ * A loader's or the table path's side of escalation: wait for (or, not
+ * waiting, test) the escalated writers.  Released by UnlockLedgerWide, or
+ * at the transaction's end.
+ */
+bool
+LockLedgerWide(bool wait)
+{
+	LOCKTAG		tag;
+
+	SetLedgerTag(&tag);
+	return LockAcquire(&tag, RowExclusiveLock, false, !wait) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+void
+UnlockLedgerWide(void)
+{
+	LOCKTAG		tag;
+
+	SetLedgerTag(&tag);
+	LockRelease(&tag, RowExclusiveLock, false);
 }
 
 bool
@@ -435,6 +497,8 @@ SettleAll(bool commit)
 	writes = NULL;
 	unloadable = NULL;
 	latest = NULL;
+	key_locks_taken = 0;
+	escalated_in = InvalidSubTransactionId;
 }
 
 static void
@@ -472,6 +536,9 @@ SettleAtSubXactEnd(SubXactEvent event, SubTransactionId mySubid,
 	switch (event)
 	{
 		case SUBXACT_EVENT_ABORT_SUB:
+			/* the ledger-wide lock is released with the subtransaction */
+			if (escalated_in == mySubid)
+				escalated_in = InvalidSubTransactionId;
 			/* it may point at writes freed here; rebuilt by the next rows */
 			if (latest != NULL)
 				hash_destroy(latest);
@@ -492,6 +559,8 @@ SettleAtSubXactEnd(SubXactEvent event, SubTransactionId mySubid,
 			}
 			break;
 		case SUBXACT_EVENT_COMMIT_SUB:
+			if (escalated_in == mySubid)
+				escalated_in = parentSubid;
 			for (LocalWrite *w = writes; w != NULL; w = w->next)
 				if (w->subid == mySubid)
 					w->subid = parentSubid;
