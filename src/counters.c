@@ -452,16 +452,18 @@ CounterEntrySize(void)
 	return HashShmemSize() / Max(usage_guard_max_counters, 1);
 }
 
-/* Fill a key; the padding is zeroed because own writes compare keys as bytes */
+/* Fill a lookup key */
 void
 MakeCounterKey(CounterKey *key, Oid ledger, const char *tenant_id, const char *subject_id,
 			   const char *feature_key)
 {
-	memset(key, 0, sizeof(CounterKey));
+	/* no memset: keys are compared and hashed by their names' lengths */
 	key->dbid = MyDatabaseId;
 	key->ledger = ledger;
 	key->tenant_len = Min(strlcpy(key->tenant_id, tenant_id, sizeof(key->tenant_id)), UG_NAME_MAX);
 	key->feature_len = Min(strlcpy(key->feature_key, feature_key, sizeof(key->feature_key)), UG_NAME_MAX);
+	key->subject_len = 0;
+	key->subject_id[0] = '\0';
 	if (subject_id != NULL)
 		key->subject_len = Min(strlcpy(key->subject_id, subject_id, sizeof(key->subject_id)), UG_NAME_MAX);
 	/* names are checked against UG_NAME_MAX before they get here */
@@ -722,6 +724,33 @@ WindowSlot(CounterEntry *e, TimestampTz now, TimestampTz start, bool *no_ext)
 		*no_ext = true;
 	}
 	return later;
+}
+
+/*
+ * Would WindowSlot find a slot for [start, ...) without evicting anything?
+ * For windows loaded ahead: not worth two ledger scans when they cannot be
+ * kept.  The caller holds the partition lock.
+ */
+bool
+CounterWindowRoom(CounterEntry *e, TimestampTz now, TimestampTz start)
+{
+	bool		free_ext;
+
+	if (e->nwindows < (e->ext >= 0 ? UG_MAX_WINDOWS : UG_INLINE_WINDOWS))
+		return true;
+	for (int i = 0; i < e->nwindows; i++)
+	{
+		CounterWindow *w = CounterWindowAt(e, i);
+
+		if (WindowIdle(w) && w->ring < 0 && (w->end <= now || w->start > start))
+			return true;
+	}
+	if (e->nwindows >= UG_MAX_WINDOWS)
+		return false;
+	SpinLockAcquire(&shared->pool_lock);
+	free_ext = shared->ext.free_head >= 0;
+	SpinLockRelease(&shared->pool_lock);
+	return free_ext;
 }
 
 /*

@@ -174,6 +174,7 @@ extern void MakeCounterKey(CounterKey *key, Oid ledger, const char *tenant_id,
 extern bool CounterEnsureEntry(const CounterKey *key, uint32 hash, bool rates);
 extern bool CounterRateRoom(const CounterEntry *entry);
 extern CounterWindow *CounterWindowAt(CounterEntry *entry, int i);
+extern bool CounterWindowRoom(CounterEntry *e, TimestampTz now, TimestampTz start);
 extern CounterRate *CounterFindRate(CounterEntry *entry, int64 length, bool create);
 extern uint32 CounterKeyHash(const CounterKey *key);
 extern bool CounterKeyEquals(const CounterKey *a, const CounterKey *b);

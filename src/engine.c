@@ -205,8 +205,11 @@ NextWindowsMissing(const EngineRequest *r, int t)
 	Assert(LWLockHeldByMe(CounterPartitionLock(tg->hash)));
 	m = TargetWindows(r, t, starts, ends, true, &ncur);
 	entry = CounterLookup(&tg->key, tg->hash);
+	/* only where it can be kept: a window loaded ahead displaces nothing */
 	for (int i = ncur; i < m; i++)
-		if (entry == NULL || CounterFindWindow(entry, starts[i], ends[i]) == NULL)
+		if (entry == NULL ||
+			(CounterFindWindow(entry, starts[i], ends[i]) == NULL &&
+			 CounterWindowRoom(entry, r->at, starts[i])))
 			return true;
 	return false;
 }

@@ -104,6 +104,10 @@ LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *starts,
 		for (int i = 0; i < n; i++)
 		{
 			missing[i] = (entry == NULL || CounterFindWindow(entry, starts[i], ends[i]) == NULL);
+			/* a window loaded ahead is worth its ledger scan only where it can be kept */
+			if (missing[i] && i >= required && entry != NULL &&
+				!CounterWindowRoom(entry, at, starts[i]))
+				missing[i] = false;
 			any |= missing[i];
 		}
 	}

@@ -282,6 +282,7 @@ AddWrite(CounterEntry *entry, const CounterKey *key, uint32 hash, TimestampTz at
 		 Amount amount, bool undoable, bool scoped, TimestampTz scope_start,
 		 TimestampTz scope_end)
 {
+	LocalWrite	tmp;
 	LocalWrite *w;
 	LocalWrite *prev = NULL;
 	LatestWrite *last = NULL;
@@ -292,24 +293,29 @@ AddWrite(CounterEntry *entry, const CounterKey *key, uint32 hash, TimestampTz at
 		MarkUnloadable(key, hash);
 		return NULL;
 	}
-	w = MemoryContextAllocZero(TopTransactionContext, sizeof(LocalWrite));
-
-	w->key = *key;
-	w->hash = hash;
-	w->at = at;
-	w->amount = amount;
-	w->subid = GetCurrentSubTransactionId();
-	w->undoable = undoable;
-	w->scoped = scoped;
-	w->scope_start = scope_start;
-	w->scope_end = scope_end;
+	/*
+	 * Built on the stack: most rows of a busy key merge into its latest
+	 * write, and then neither the allocation nor the key's copy is needed.
+	 * RegisterWrite does not read the key.
+	 */
+	tmp.hash = hash;
+	tmp.at = at;
+	tmp.amount = amount;
+	tmp.subid = GetCurrentSubTransactionId();
+	tmp.undoable = undoable;
+	tmp.mixed = false;
+	tmp.scoped = scoped;
+	tmp.scope_start = scope_start;
+	tmp.scope_end = scope_end;
+	tmp.nregistered = 0;
+	tmp.next = NULL;
+	w = &tmp;
 	if (entry != NULL)
 		RegisterWrite(entry, w);
 
 	if (!undoable && w->nregistered == 0)
 	{
 		MarkUnloadable(key, hash);
-		pfree(w);
 		return NULL;
 	}
 	if (!undoable && !scoped)
@@ -326,9 +332,11 @@ AddWrite(CounterEntry *entry, const CounterKey *key, uint32 hash, TimestampTz at
 	{
 		prev->amount += amount;
 		prev->mixed |= (prev->at != at);
-		pfree(w);
 		return NULL;
 	}
+	w = MemoryContextAlloc(TopTransactionContext, sizeof(LocalWrite));
+	memcpy(w, &tmp, sizeof(LocalWrite));
+	w->key = *key;
 	w->next = writes;
 	writes = w;
 	if (last != NULL)
