@@ -223,10 +223,12 @@ SELECT count(*) FROM generate_series(1, $SCALE) AS i,
 SQL
 printf '\\set t random(1, %d)\nSELECT * FROM usage_guard.usage_check(%s, %s, 1);\n' "$SCALE" "'t' || :t" "'tokens'" >"$S/check_scale.sql"
 printf '\\set t random(1, %d)\nSELECT * FROM usage_guard.usage_consume(%s, %s, 1);\n' "$SCALE" "'t' || :t" "'tokens'" >"$S/consume_scale.sql"
+printf '\\set t random(1, %d)\nINSERT INTO ledger_shape (tenant_id, feature_key, amount, kind) VALUES (%s, %s, 1, %s);\n' "$SCALE" "'t' || :t" "'tokens'" "'consume'" >"$S/ledger_insert_scale.sql"
 run warm check_scale.sql 2
 for r in $(seq 1 "$ROUNDS"); do
     run check_scale check_scale.sql "$SECONDS_PER_RUN"
     run consume_scale consume_scale.sql "$SECONDS_PER_RUN"
+    run ledger_insert_scale ledger_insert_scale.sql "$SECONDS_PER_RUN"
 done
 scale_info=$(psql_bench -At -c "SELECT counters_used || ' counters, ' || pg_size_pretty(shmem_bytes) || ' in all (' || bytes_per_counter || ' bytes per tenant/feature with up to two windows; '
                                        || counter_extensions_used || ' of ' || max_counter_extensions || ' extension slots in use)' FROM usage_guard.shmem_info()")
@@ -272,7 +274,7 @@ evict_exact=$(psql_bench -At -c "
 evict_full=$(grep -c 'shared memory for counters is full' "$WORKDIR/server.log" || true)
 
 declare -A M
-for t in "${TESTS[@]}" check_before check_grown check_scale consume_scale check_evict consume_evict; do M[$t]=$(median "${TPS[$t]}"); done
+for t in "${TESTS[@]}" check_before check_grown check_scale consume_scale ledger_insert_scale check_evict consume_evict; do M[$t]=$(median "${TPS[$t]}"); done
 for t in copy_shape copy_ledger batch; do M[$t]=$(median "${MS[$t]}"); done
 for t in "${FRESH[@]}"; do M[${t}_fresh]=$(median "${TPS[${t}_fresh]}"); done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
@@ -312,6 +314,8 @@ $TENANTS tenants, $ROWS ledger rows ($ledger_rows after growth), synchronous_com
 | bulk: usage_record_batch, calls of 1,000 rows (ms) | $(printf '%10.0f' "${M[batch]}") | $(ratio "${M[copy_shape]}" "${M[batch]}") x COPY speed         | >= 0.80 |
 | scale: usage_check, $SCALE tenants, each with a live counter | $(printf '%10.0f' "${M[check_scale]}") | $(ratio "${M[check_scale]}" "${M[check]}") x $TENANTS-tenant check | >= 0.90 |
 | scale: usage_consume, $SCALE tenants            | $(printf '%10.0f' "${M[consume_scale]}") | $(ratio "${M[consume_scale]}" "${M[consume]}") x $TENANTS-tenant consume | >= 0.90 |
+| scale: ledger-shaped INSERT, $SCALE tenants     | $(printf '%10.0f' "${M[ledger_insert_scale]}") | $(ratio "${M[ledger_insert_scale]}" "${M[ledger_insert]}") x $TENANTS-tenant INSERT |        |
+| scale: usage_consume against that INSERT        |            | $(ratio "${M[consume_scale]}" "${M[ledger_insert_scale]}") x ledger-shaped INSERT |        |
 | eviction: usage_check, max_counters = $((SCALE / 10)) for $SCALE tenants | $(printf '%10.0f' "${M[check_evict]}") | $(ratio "${M[check_evict]}" "${M[check_scale]}") x all fitting       |        |
 | eviction: usage_consume, same                   | $(printf '%10.0f' "${M[consume_evict]}") | $(ratio "${M[consume_evict]}" "${M[consume_scale]}") x all fitting       |        |
 | usage_check just before growing the ledger      | $(printf '%10.0f' "${M[check_before]}") |                          |        |
@@ -321,7 +325,7 @@ shared memory per tracked tenant/feature: ${info%%|*} bytes with up to two live 
 scale step: $scale_info
 live windows that differ from the ledger: after bulk ingest $bulk_exact; after the eviction runs $evict_exact; "counters full" log lines during the eviction runs: $evict_full
 bulk runs (ms): $(for t in copy_shape copy_ledger batch; do printf '%s:%s; ' "$t" "${MS[$t]}"; done)
-all runs (TPS): $(for t in "${TESTS[@]}" check_before check_grown check_scale consume_scale check_evict consume_evict; do printf '%s:%s; ' "$t" "${TPS[$t]}"; done)
+all runs (TPS): $(for t in "${TESTS[@]}" check_before check_grown check_scale consume_scale ledger_insert_scale check_evict consume_evict; do printf '%s:%s; ' "$t" "${TPS[$t]}"; done)
 $(for t in "${FRESH[@]}"; do printf '%s_fresh:%s; ' "$t" "${TPS[${t}_fresh]}"; done)
 shared policy cache (before the eviction step): $policy_info
 REPORT
