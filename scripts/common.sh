@@ -91,6 +91,24 @@ build_install() {
 }
 
 # A work directory the cluster owner can write to, removed on exit.
+# stage_postgres STAGE: a private copy of the PostgreSQL installation,
+# relocated under STAGE (Debian's binaries find their lib and share
+# directories relative to themselves), into which builds are installed with
+# DESTDIR=STAGE, so the system-wide installation is never replaced.
+stage_postgres() {
+    local stage=$1 d got
+    log "staging a private copy of PostgreSQL under $stage"
+    for d in "$(pg_config --bindir)" "$(pg_config --pkglibdir)" "$(pg_config --sharedir)"; do
+        mkdir -p "$stage$(dirname "$d")"
+        cp -a "$d" "$stage$(dirname "$d")/"
+    done
+    got=$("$stage$(pg_config --bindir)/pg_config" --pkglibdir)
+    if [ "$got" != "$stage$(pg_config --pkglibdir)" ]; then
+        log "the staged PostgreSQL is not relocatable (libdir $got)"; exit 1
+    fi
+    chmod -R a+rX "$stage"
+}
+
 make_workdir() {
     WORKDIR=$(mktemp -d /tmp/usage_guard.XXXXXX)
     chmod 755 "$WORKDIR"

@@ -126,22 +126,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# A private copy of the PostgreSQL installation, relocated under $STAGE.
-stage_postgres() {
-    log "staging a private copy of PostgreSQL under $STAGE"
-    local d
-    for d in "$BINDIR" "$PKGLIBDIR" "$SHAREDIR"; do
-        mkdir -p "$STAGE$(dirname "$d")"
-        cp -a "$d" "$STAGE$(dirname "$d")/"
-    done
-    local got
-    got=$("$STAGE$BINDIR/pg_config" --pkglibdir)
-    if [ "$got" != "$STAGE$PKGLIBDIR" ]; then
-        log "the staged PostgreSQL is not relocatable (libdir $got)"; exit 1
-    fi
-    chmod -R a+rX "$STAGE"
-}
-
 # build_variant DIR CFLAGS LDFLAGS_SL: build a copy of the tree in DIR and
 # install it into the stage.  with_llvm=no: no JIT bitcode, and the staged
 # bitcode of usage_guard is removed so JIT cannot inline uninstrumented code.
@@ -510,7 +494,7 @@ SH
 
 [ "$(id -u)" = 0 ] && chown postgres: "$WORKDIR"
 log "a report is usage_guard's when it matches: $UG_RE"
-stage_postgres
+stage_postgres "$STAGE"
 for mode in "${MODES[@]}"; do
     "run_$mode"
 done
