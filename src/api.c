@@ -378,6 +378,27 @@ usage_enforce(PG_FUNCTION_ARGS)
 	return Decide(fcinfo, CALL_ENFORCE);
 }
 
+/*
+ * Count and write one checked row of kind record; false when its
+ * idempotency key was already taken (the count is taken back).
+ */
+static bool
+RecordRow(const char *tenant_id, const char *feature_key, Numeric amount_num, Amount amount,
+		  TimestampTz occurred_at, const char *key, Datum attributes)
+{
+	LocalWrite *write = CountLedgerRow(tenant_id, NULL, feature_key, occurred_at, amount,
+									   key != NULL);
+	bool		inserted;
+
+	SPI_connect();
+	inserted = InsertUsageEvent(tenant_id, feature_key, amount_num, occurred_at, "record",
+								key, attributes, NULL, (Datum) 0);
+	SPI_finish();
+	if (!inserted && write != NULL)
+		UndoLocalWrite(write);
+	return inserted;
+}
+
 PG_FUNCTION_INFO_V1(usage_record);
 /* usage_record(tenant_id, feature_key, amount, occurred_at, key, attributes): post-paid usage */
 Datum
@@ -391,8 +412,6 @@ usage_record(PG_FUNCTION_ARGS)
 	char	   *key = OptionalText(fcinfo, 4, "idempotency_key");
 	Datum		attributes = Attributes(fcinfo, 5);
 	Policy		policy;
-	LocalWrite *write;
-	bool		inserted;
 
 	RequireWritable("usage_record()");
 	RequireTenantScope(tenant_id, feature_key, amount_num, occurred_at, "record", key,
@@ -400,15 +419,8 @@ usage_record(PG_FUNCTION_ARGS)
 	GetPolicy(tenant_id, feature_key, &policy);
 	RequireFeature(&policy);
 
-	write = CountLedgerRow(tenant_id, NULL, feature_key, occurred_at, amount, key != NULL);
-	SPI_connect();
-	inserted = InsertUsageEvent(tenant_id, feature_key, amount_num, occurred_at, "record",
-								key, attributes, NULL, (Datum) 0);
-	SPI_finish();
-	if (!inserted && write != NULL)
-		UndoLocalWrite(write);
-
-	PG_RETURN_BOOL(inserted);
+	PG_RETURN_BOOL(RecordRow(tenant_id, feature_key, amount_num, amount, occurred_at, key,
+							 attributes));
 }
 
 /* One argument array of usage_record_batch, deconstructed */
@@ -560,18 +572,7 @@ usage_record_batch(PG_FUNCTION_ARGS)
 				continue;
 			}
 		}
-		{
-			LocalWrite *write = CountLedgerRow(tenant_id, NULL, feature_key, at, amount, key != NULL);
-			bool		inserted;
-
-			SPI_connect();
-			inserted = InsertUsageEvent(tenant_id, feature_key, amount_num, at, "record",
-										key, attributes, NULL, (Datum) 0);
-			SPI_finish();
-			if (!inserted && write != NULL)
-				UndoLocalWrite(write);
-			recorded += inserted;
-		}
+		recorded += RecordRow(tenant_id, feature_key, amount_num, amount, at, key, attributes);
 	}
 	if (batch != NULL)
 		LedgerBatchEnd(batch);

@@ -735,8 +735,6 @@ WindowSlot(CounterEntry *e, TimestampTz now, TimestampTz start, bool *no_ext)
 bool
 CounterWindowRoom(CounterEntry *e, TimestampTz now, TimestampTz start)
 {
-	bool		free_ext;
-
 	if (e->nwindows < (e->ext >= 0 ? UG_MAX_WINDOWS : UG_INLINE_WINDOWS))
 		return true;
 	for (int i = 0; i < e->nwindows; i++)
@@ -748,10 +746,12 @@ CounterWindowRoom(CounterEntry *e, TimestampTz now, TimestampTz start)
 	}
 	if (e->nwindows >= UG_MAX_WINDOWS)
 		return false;
-	SpinLockAcquire(&shared->pool_lock);
-	free_ext = shared->ext.free_head >= 0;
-	SpinLockRelease(&shared->pool_lock);
-	return free_ext;
+	/*
+	 * A hint, read without the spinlock (every consume of a full key asks):
+	 * TakeExtension decides under it, and a window that finds no slot after
+	 * all is just not loaded ahead.
+	 */
+	return *(volatile int32 *) &shared->ext.free_head >= 0;
 }
 
 /*

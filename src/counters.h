@@ -229,6 +229,8 @@ extern void RegisterOwnWritesSince(const CounterKey *key, TimestampTz start, Tim
 extern void LockIdempotencyKey(const char *tenant_id, const char *feature_key, const char *key);
 extern bool LockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode);
 extern bool LockLedgerWide(bool wait);
+extern bool LockKeyForLoad(const CounterKey *key, uint32 hash, bool wait);
+extern void UnlockKeyForLoad(const CounterKey *key, uint32 hash);
 extern void UnlockLedgerWide(void);
 extern bool ConditionalLockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode);
 extern void UnlockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode);

@@ -453,6 +453,7 @@ struct LedgerBatch
 	ResultRelInfo *rri;
 	BulkInsertState bistate;
 	MemoryContext rows;			/* the pending rows' values, reset at each flush */
+	Datum		kind;			/* 'record', for every row */
 	int			n;
 	TupleTableSlot *slots[LEDGER_BATCH_ROWS];
 };
@@ -483,6 +484,7 @@ LedgerBatchBegin(void)
 	b->bistate = GetBulkInsertState();
 	b->rows = AllocSetContextCreate(CurrentMemoryContext, "usage_guard batch rows",
 									ALLOCSET_DEFAULT_SIZES);
+	b->kind = CStringGetTextDatum("record");
 	EndInternal(&ctx);
 	return b;
 }
@@ -527,7 +529,7 @@ LedgerBatchAdd(LedgerBatch *b, const char *tenant_id, const char *feature_key,
 	slot->tts_values[COL_EVENT_ID] = Int64GetDatum(nextval_internal(seq_id, false));
 	slot->tts_values[COL_AMOUNT] = NumericGetDatum(amount);
 	slot->tts_values[COL_RECORDED] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-	slot->tts_values[COL_KIND] = CStringGetTextDatum("record");
+	slot->tts_values[COL_KIND] = b->kind;
 	slot->tts_isnull[COL_KEY] = true;
 	slot->tts_values[COL_ATTRIBUTES] = attributes;
 	slot->tts_isnull[COL_SUBJECT] = true;

@@ -115,16 +115,8 @@ LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *starts,
 	if (!any)
 		return true;
 
-	if (wait)
-		LockCounterKey(key, hash, ExclusiveLock);
-	else if (!ConditionalLockCounterKey(key, hash, ExclusiveLock))
+	if (!LockKeyForLoad(key, hash, wait))
 		return false;
-	/* and the writers that hold the ledger-wide lock instead of key locks */
-	if (!LockLedgerWide(wait))
-	{
-		UnlockCounterKey(key, hash, ExclusiveLock);
-		return false;
-	}
 
 	SPI_connect();
 	for (int i = 0; i < n && ok; i++)
@@ -171,8 +163,7 @@ LoadWindows(const CounterKey *key, uint32 hash, const TimestampTz *starts,
 		}
 	}
 	SPI_finish();
-	UnlockLedgerWide();
-	UnlockCounterKey(key, hash, ExclusiveLock);
+	UnlockKeyForLoad(key, hash);
 	return ok;
 }
 
@@ -189,13 +180,8 @@ RecomputeKey(const CounterSnapshotData *snap, int k, CounterKey *key)
 	CounterCopyKey(snap, k, key);
 	hash = CounterKeyHash(key);
 
-	if (!ConditionalLockCounterKey(key, hash, ExclusiveLock))
+	if (!LockKeyForLoad(key, hash, false))
 		return false;
-	if (!LockLedgerWide(false))
-	{
-		UnlockCounterKey(key, hash, ExclusiveLock);
-		return false;
-	}
 
 	SPI_connect();
 	for (int i = 0; i < c->nwindows; i++)
@@ -219,8 +205,7 @@ RecomputeKey(const CounterSnapshotData *snap, int k, CounterKey *key)
 		CounterSetUsage(key, hash, w->start, w->end, sum - pos - neg);
 	}
 	SPI_finish();
-	UnlockLedgerWide();
-	UnlockCounterKey(key, hash, ExclusiveLock);
+	UnlockKeyForLoad(key, hash);
 	return true;
 }
 

@@ -109,6 +109,33 @@ LockCounterKey(const CounterKey *key, uint32 hash, LOCKMODE mode)
 }
 
 /*
+ * A loader's lock on a key: the key's lock in ExclusiveLock (no writer of
+ * the key in flight), then the ledger-wide lock (no escalated writer in
+ * flight).  Waits, or (not `wait`) gives up and holds nothing.
+ */
+bool
+LockKeyForLoad(const CounterKey *key, uint32 hash, bool wait)
+{
+	if (wait)
+		LockCounterKey(key, hash, ExclusiveLock);
+	else if (!ConditionalLockCounterKey(key, hash, ExclusiveLock))
+		return false;
+	if (!LockLedgerWide(wait))
+	{
+		UnlockCounterKey(key, hash, ExclusiveLock);
+		return false;
+	}
+	return true;
+}
+
+void
+UnlockKeyForLoad(const CounterKey *key, uint32 hash)
+{
+	UnlockLedgerWide();
+	UnlockCounterKey(key, hash, ExclusiveLock);
+}
+
+/*
  * A loader's or the table path's side of escalation: wait for (or, not
  * waiting, test) the escalated writers.  Released by UnlockLedgerWide, or
  * at the transaction's end.
