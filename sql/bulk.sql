@@ -30,15 +30,7 @@ SELECT v.tenant_id, v.feature_key, c.usage
  ORDER BY 1, 2;
 SELECT tenant_id, feature_key, count(*), sum(amount)
   FROM usage_guard.usage_events WHERE tenant_id LIKE 'bk-%' GROUP BY 1, 2 ORDER BY 1, 2;
-SELECT count(*) FILTER (WHERE c.usage <> (SELECT coalesce(sum(e.amount), 0)
-                                           FROM usage_guard.usage_events e
-                                          WHERE e.tenant_id = c.tenant_id
-                                            AND e.feature_key = c.feature_key
-                                            AND e.occurred_at >= c.window_start
-                                            AND e.occurred_at < c.window_end)) AS wrong,
-       count(*) > 0 AS some
-  FROM usage_guard.live_counters() c
- WHERE c.tenant_id LIKE 'bk-%';
+SELECT wrong, windows > 0 AS some FROM windows_off_ledger('bk-%');
 -- every row is of kind record, with its own event_id, attributes '{}'
 SELECT kind, count(DISTINCT event_id), min(attributes::text), max(attributes::text)
   FROM usage_guard.usage_events WHERE tenant_id LIKE 'bk-%' AND kind = 'record' GROUP BY kind;
@@ -89,14 +81,7 @@ EXCEPTION WHEN undefined_object THEN
     RAISE NOTICE 'caught: %', SQLERRM;
 END $$;
 SELECT (SELECT count(*) FROM usage_guard.usage_events) - n AS written FROM bk_before;
-SELECT count(*) FILTER (WHERE c.usage <> (SELECT coalesce(sum(e.amount), 0)
-                                           FROM usage_guard.usage_events e
-                                          WHERE e.tenant_id = c.tenant_id
-                                            AND e.feature_key = c.feature_key
-                                            AND e.occurred_at >= c.window_start
-                                            AND e.occurred_at < c.window_end)) AS wrong
-  FROM usage_guard.live_counters() c
- WHERE c.tenant_id LIKE 'bk-%';
+SELECT wrong FROM windows_off_ledger('bk-%');
 
 -- a rolled-back batch leaves no usage behind
 BEGIN;

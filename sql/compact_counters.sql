@@ -66,15 +66,7 @@ SELECT window_start, usage
  ORDER BY window_start;
 
 -- every window equals the ledger
-SELECT count(*) AS windows,
-       count(*) FILTER (WHERE c.usage = (SELECT coalesce(sum(e.amount), 0)
-                                          FROM usage_guard.usage_events e
-                                         WHERE e.tenant_id = c.tenant_id
-                                           AND e.feature_key = c.feature_key
-                                           AND e.occurred_at >= c.window_start
-                                           AND e.occurred_at < c.window_end)) AS exact
-  FROM usage_guard.live_counters() c
- WHERE c.feature_key = 'cc_calls';
+SELECT windows, windows - wrong AS exact FROM windows_off_ledger('%', 'cc_calls');
 
 -- a later request does not need the days that ended before it: it reuses
 -- their slots rather than taking more
@@ -84,14 +76,7 @@ SELECT p.counter_extensions_used - e.used <= 1 AS no_more_extensions FROM cc_poo
 
 -- reset_counters recomputes spilled and extended keys from the ledger
 SELECT usage_guard.reset_counters() > 0 AS recomputed;
-SELECT count(*) FILTER (WHERE c.usage <> (SELECT coalesce(sum(e.amount), 0)
-                                           FROM usage_guard.usage_events e
-                                          WHERE e.tenant_id = c.tenant_id
-                                            AND e.feature_key = c.feature_key
-                                            AND e.occurred_at >= c.window_start
-                                            AND e.occurred_at < c.window_end)) AS wrong
-  FROM usage_guard.live_counters() c
- WHERE c.feature_key = 'cc_calls';
+SELECT wrong FROM windows_off_ledger('%', 'cc_calls');
 
 -- a hard limit holds for a spilled key as for any other
 SELECT allowed, usage_after

@@ -19,6 +19,22 @@ EXCEPTION WHEN OTHERS THEN
 END
 $$;
 
+-- Live windows (of tenants LIKE tenant_like, of one feature if given) and
+-- how many of them differ from the ledger's sum over the same window.
+CREATE FUNCTION windows_off_ledger(tenant_like text, feature text DEFAULT NULL,
+                                   OUT windows bigint, OUT wrong bigint)
+LANGUAGE sql AS $$
+    SELECT count(*),
+           count(*) FILTER (WHERE c.usage <> (SELECT coalesce(sum(e.amount), 0)
+                                                FROM usage_guard.usage_events e
+                                               WHERE e.tenant_id = c.tenant_id
+                                                 AND e.feature_key = c.feature_key
+                                                 AND e.occurred_at >= c.window_start
+                                                 AND e.occurred_at < c.window_end))
+      FROM usage_guard.live_counters() c
+     WHERE c.tenant_id LIKE tenant_like AND (feature IS NULL OR c.feature_key = feature)
+$$;
+
 -- Run a statement expected to fail; return its DETAIL parsed as JSON.
 CREATE FUNCTION try_detail(cmd text) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE

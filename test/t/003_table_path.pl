@@ -202,20 +202,31 @@ $na->stop;
 # B. Preloaded, shared memory full
 # =========================================================================
 
-my $nb = PostgreSQL::Test::Cluster->new('full');
-$nb->init;
-$nb->append_conf('postgresql.conf', qq{
+# A node with usage_guard preloaded and one more setting; database $db with
+# feature calls and plan tiny (a daily hard limit of $limit calls)
+sub preloaded_node
+{
+	my ($name, $setting, $limit) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'usage_guard'
-usage_guard.max_counters = 100
+$setting
 log_statement = none
 });
-$nb->start;
-$nb->safe_psql('postgres', "CREATE DATABASE $db");
-$nb->safe_psql($db, q{
+	$node->start;
+	$node->safe_psql('postgres', "CREATE DATABASE $db");
+	$node->safe_psql($db, qq{
     CREATE EXTENSION usage_guard;
     INSERT INTO usage_guard.features (feature_key, unit) VALUES ('calls', 'call');
     INSERT INTO usage_guard.plans (plan_code) VALUES ('tiny');
-    INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, hard_limit) VALUES ('tiny', 'calls', 'day', 2);
+    INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, hard_limit) VALUES ('tiny', 'calls', 'day', $limit);
+});
+	return $node;
+}
+
+my $nb = preloaded_node('full', 'usage_guard.max_counters = 100', 2);
+$nb->safe_psql($db, q{
     INSERT INTO usage_guard.tenant_subscriptions (tenant_id, plan_code, current_period_start)
     SELECT t, 'tiny', '2026-01-01'
       FROM (SELECT 't' || i FROM generate_series(1, 150) AS i
@@ -330,20 +341,8 @@ $nb->stop;
 #    an entry holds two windows and no rate state
 # =========================================================================
 
-my $nc = PostgreSQL::Test::Cluster->new('noext');
-$nc->init;
-$nc->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'usage_guard'
-usage_guard.max_counter_extensions = 0
-log_statement = none
-});
-$nc->start;
-$nc->safe_psql('postgres', "CREATE DATABASE $db");
+my $nc = preloaded_node('noext', 'usage_guard.max_counter_extensions = 0', 3);
 $nc->safe_psql($db, q{
-    CREATE EXTENSION usage_guard;
-    INSERT INTO usage_guard.features (feature_key, unit) VALUES ('calls', 'call');
-    INSERT INTO usage_guard.plans (plan_code) VALUES ('tiny');
-    INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, hard_limit) VALUES ('tiny', 'calls', 'day', 3);
     INSERT INTO usage_guard.tenant_subscriptions (tenant_id, plan_code, current_period_start)
     VALUES ('back', 'tiny', '2026-01-01'), ('gw', 'tiny', '2026-01-01');
     INSERT INTO usage_guard.subjects (tenant_id, subject_id, level) VALUES ('gw', 'key-1', 'api_key');

@@ -1,7 +1,7 @@
 # A streaming hot standby and its promotion.  Shared memory is not updated
 # by WAL replay, so a standby must not decide from live counters: on a
 # standby usage_check answers from the replayed ledger, and usage_consume,
-# usage_enforce and usage_record raise SQLSTATE 25006 (read-only) before
+# usage_enforce, usage_record and usage_record_batch raise SQLSTATE 25006 (read-only) before
 # doing anything, whatever the amount; after promotion, windows are loaded
 # fresh from the ledger, so the promoted node keeps the hard limit against
 # its own ledger.
@@ -146,7 +146,9 @@ my @writes = (
 	[ 'usage_enforce over the hard limit', qq{SELECT * FROM usage_guard.usage_enforce('t1', 'calls', 1000, at => '$at')} ],
 	[ 'usage_record', qq{SELECT usage_guard.usage_record('t1', 'calls', 1, '$at')} ],
 	[ 'usage_record with an idempotency key',
-		qq{SELECT usage_guard.usage_record('t1', 'calls', 1, '$at', idempotency_key => 'sb-2')} ]);
+		qq{SELECT usage_guard.usage_record('t1', 'calls', 1, '$at', idempotency_key => 'sb-2')} ],
+	[ 'usage_record_batch',
+		qq{SELECT usage_guard.usage_record_batch(ARRAY['t1', 't1'], ARRAY['calls', 'calls'], ARRAY[1, 1]::numeric[], ARRAY['$at', '$at']::timestamptz[])} ]);
 for my $w (@writes)
 {
 	my ($name, $sql) = @$w;
@@ -231,6 +233,12 @@ is($final, $promoted_sum + $allowed, 'promoted: every allowed consume is in the 
 
 $c = check($standby);
 is($c->{usage}, $final, 'promoted: usage_check equals the ledger after the consumes') or diag $c->{raw};
+# usage_allowed reads the same state (and the shared policy cache, filled
+# only after promotion): no unit left at the limit, all of them at zero
+is($standby->safe_psql($db, qq{
+    SELECT usage_guard.usage_allowed('t1', 'calls', 1, '$at') || '|'
+           || usage_guard.usage_allowed('t1', 'calls', 0, '$at')}),
+	'false|true', 'promoted: usage_allowed refuses one more unit at the limit');
 
 # the live counters of the promoted node: the day window is live, and every
 # window's usage equals the ledger's sum in it, nothing in flight
