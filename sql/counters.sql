@@ -76,11 +76,24 @@ SELECT try($$SELECT usage_guard.usage_record('ctr', 'ctr_calls', 0.0000000000001
 SELECT try($$SELECT usage_guard.usage_check('ctr', 'ctr_calls', 1.0000000000000)$$);
 SELECT try($$INSERT INTO usage_guard.usage_events (tenant_id, feature_key, amount) VALUES ('ctr', 'ctr_calls', 0.0000000000001)$$);
 
--- two-phase commit cannot carry in-flight usage
+-- two-phase commit (PREPARE TRANSACTION; Citus's commit over several nodes):
+-- the prepared usage ends in another session, so the windows it was counted
+-- in are dropped at PREPARE and loaded again from the ledger once it ends
+SELECT usage AS before_prepare FROM usage_guard.usage_check('ctr', 'ctr_calls', 0, '2025-11-18 19:00+00');
 BEGIN;
 SELECT usage_guard.usage_record('ctr', 'ctr_calls', 1, '2025-11-18 19:00+00');
 PREPARE TRANSACTION 'ug';
-SELECT usage, reserved FROM usage_guard.usage_counters WHERE tenant_id = 'ctr' AND window_start = '2025-11-18';
+SELECT count(*) AS live_day_windows FROM usage_guard.usage_counters WHERE tenant_id = 'ctr' AND window_start = '2025-11-18';
+-- a consume for the key would wait for it (its key lock passed to it)
+SELECT count(*) AS prepared_holds_key_lock FROM pg_locks
+ WHERE pid IS NULL AND locktype = 'advisory' AND mode = 'RowExclusiveLock';
+COMMIT PREPARED 'ug';
+SELECT usage AS after_commit_prepared FROM usage_guard.usage_check('ctr', 'ctr_calls', 0, '2025-11-18 19:00+00');
+BEGIN;
+SELECT usage_guard.usage_record('ctr', 'ctr_calls', 5, '2025-11-18 19:00+00');
+PREPARE TRANSACTION 'ug2';
+ROLLBACK PREPARED 'ug2';
+SELECT usage AS after_rollback_prepared FROM usage_guard.usage_check('ctr', 'ctr_calls', 0, '2025-11-18 19:00+00');
 
 -- a bulk write (a restore, a COPY, a backfill) needs memory per key, not per
 -- row, and decisions stay exact in the same transaction

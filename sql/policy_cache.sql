@@ -77,13 +77,27 @@ SELECT plan_code, limit_value FROM usage_guard.usage_check('pc-a', 'pc_calls', 1
 ROLLBACK;
 SELECT plan_code, limit_value FROM usage_guard.usage_check('pc-a', 'pc_calls', 1, '2025-11-18 12:00+00');
 
--- a transaction that changed the catalog cannot be prepared: its commit
--- would not announce the change to the shared cache
+-- a prepared catalog change (Citus changes reference tables with two-phase
+-- commit) commits in another session: nothing loaded while it is in
+-- progress is kept, and its commit is seen by the next decision
+SELECT limit_value AS before_prepare FROM usage_guard.usage_check('pc-a', 'pc_new', 1, '2025-11-18 12:00+00');
 BEGIN;
 UPDATE usage_guard.plan_features SET hard_limit = 8 WHERE plan_code = 'pc_large' AND feature_key = 'pc_new';
 PREPARE TRANSACTION 'pc_prepared';
 SELECT count(*) AS prepared FROM pg_prepared_xacts WHERE gid = 'pc_prepared';
-SELECT limit_value FROM usage_guard.usage_check('pc-a', 'pc_new', 1, '2025-11-18 12:00+00');
+SELECT policy_loads AS loads_before FROM usage_guard.shmem_info() \gset
+SELECT limit_value AS while_prepared FROM usage_guard.usage_check('pc-a', 'pc_new', 1, '2025-11-18 12:00+00');
+SELECT limit_value AS while_prepared FROM usage_guard.usage_check('pc-a', 'pc_new', 1, '2025-11-18 12:00+00');
+SELECT policy_loads - :loads_before AS loads_while_prepared_none_kept FROM usage_guard.shmem_info();
+COMMIT PREPARED 'pc_prepared';
+SELECT limit_value AS after_commit_prepared FROM usage_guard.usage_check('pc-a', 'pc_new', 1, '2025-11-18 12:00+00');
+BEGIN;
+UPDATE usage_guard.plan_features SET hard_limit = 9 WHERE plan_code = 'pc_large' AND feature_key = 'pc_new';
+PREPARE TRANSACTION 'pc_prepared2';
+SELECT limit_value AS while_prepared FROM usage_guard.usage_check('pc-a', 'pc_new', 1, '2025-11-18 12:00+00');
+ROLLBACK PREPARED 'pc_prepared2';
+SELECT limit_value AS after_rollback_prepared FROM usage_guard.usage_check('pc-a', 'pc_new', 1, '2025-11-18 12:00+00');
+UPDATE usage_guard.plan_features SET hard_limit = 5 WHERE plan_code = 'pc_large' AND feature_key = 'pc_new';
 -- a transaction that only read it can
 BEGIN;
 SELECT limit_value FROM usage_guard.usage_check('pc-a', 'pc_new', 1, '2025-11-18 12:00+00');

@@ -27,8 +27,16 @@
  *	  is unchanged: a load that may have missed a commit is never kept.
  * So a committed change is seen by the next decision of every backend, and
  * a change in progress by none but its own transaction's (which bypasses
- * this cache until it ends).  A transaction that changed the catalog cannot
- * be prepared (PREPARE TRANSACTION): its commit would happen elsewhere.
+ * this cache until it ends).
+ *
+ * A prepared transaction (PREPARE TRANSACTION, or Citus's two-phase commit
+ * of a reference table change on every node) commits in another session,
+ * where these callbacks do not run.  So preparing one that changed the
+ * catalog bumps every generation and lists its xid; while a listed xid is
+ * in progress nothing loaded is kept, and the first loader to find it
+ * ended delists it and bumps again (its load may predate the commit).
+ * After a restart the list is rebuilt from pg_prepared_xacts (every
+ * prepared transaction, conservatively) by the first loader.
  *
  * Lock order: a tenant partition lock and the plan-feature lock are never
  * held together, and never while running SQL.  Sweeps of stale entries
@@ -47,6 +55,8 @@
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "storage/procarray.h"
+#include "storage/spin.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/rel.h"
@@ -61,6 +71,8 @@
 #define SP_PLAN_FEATURES 1024
 /* Stripes a transaction notes one by one; beyond, it bumps them all */
 #define SP_MAX_PENDING	64
+/* Prepared catalog changes in progress (max_prepared_transactions beyond) */
+#define SP_MAX_PREPARED	64
 
 /* A subscription's status, as a small number (the catalog's CHECK list) */
 static const char *const statuses[] = {
@@ -114,6 +126,10 @@ typedef struct SharedPolicyState
 	pg_atomic_uint64 plans_swept_at;
 	pg_atomic_uint64 hits;
 	pg_atomic_uint64 loads;
+	slock_t		prepared_lock;	/* protects the three below */
+	bool		prepared_unknown;	/* after a restart: not yet read */
+	int			nprepared;
+	TransactionId prepared[SP_MAX_PREPARED];
 	pg_atomic_uint64 stripes[SP_STRIPES];
 } SharedPolicyState;
 
@@ -207,6 +223,9 @@ SharedPolicyShmemStartup(void)
 		pg_atomic_init_u64(&state->loads, 0);
 		for (int i = 0; i < SP_STRIPES; i++)
 			pg_atomic_init_u64(&state->stripes[i], 1);
+		SpinLockInit(&state->prepared_lock);
+		state->prepared_unknown = true;
+		state->nprepared = 0;
 	}
 
 	memset(&info, 0, sizeof(info));
@@ -254,6 +273,101 @@ BumpAll(void)
 		pg_atomic_fetch_add_u64(&state->stripes[i], 1);
 	pg_atomic_fetch_add_u64(&state->plan_generation, 1);
 	pg_atomic_fetch_add_u64(&state->bumps, 1);
+}
+
+/*
+ * Whether what a loader read may be kept as far as prepared catalog changes
+ * go (see the header): none listed is in progress.  Delists ended ones,
+ * bumping every generation, so a load that began before one committed is
+ * not kept either (the caller compares generations after this).
+ */
+static bool
+PreparedChangesSettled(void)
+{
+	TransactionId xids[SP_MAX_PREPARED];
+	int			n;
+	bool		unknown;
+	bool		settled = true;
+
+	SpinLockAcquire(&state->prepared_lock);
+	unknown = state->prepared_unknown;
+	n = state->nprepared;
+	memcpy(xids, state->prepared, n * sizeof(TransactionId));
+	SpinLockRelease(&state->prepared_lock);
+
+	if (unknown)
+	{
+		/* the first load after a restart: any prepared transaction counts */
+		bool		connected = SPI_connect() == SPI_OK_CONNECT;
+
+		if (!connected ||
+			SPI_execute("SELECT transaction FROM pg_catalog.pg_prepared_xacts", true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "usage_guard: could not read pg_prepared_xacts");
+		SpinLockAcquire(&state->prepared_lock);
+		if (state->prepared_unknown)
+		{
+			for (uint64 i = 0; i < SPI_processed && state->nprepared < SP_MAX_PREPARED; i++)
+			{
+				bool		isnull;
+				Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+
+				if (!isnull)
+					state->prepared[state->nprepared++] = DatumGetTransactionId(d);
+			}
+			state->prepared_unknown = false;
+		}
+		n = state->nprepared;
+		memcpy(xids, state->prepared, n * sizeof(TransactionId));
+		SpinLockRelease(&state->prepared_lock);
+		SPI_finish();
+	}
+	if (n == 0)
+		return true;
+
+	for (int i = 0; i < n; i++)
+	{
+		if (TransactionIdIsInProgress(xids[i]))
+		{
+			settled = false;
+			continue;
+		}
+		SpinLockAcquire(&state->prepared_lock);
+		for (int j = 0; j < state->nprepared; j++)
+			if (TransactionIdEquals(state->prepared[j], xids[i]))
+			{
+				state->prepared[j] = state->prepared[--state->nprepared];
+				break;
+			}
+		SpinLockRelease(&state->prepared_lock);
+		BumpAll();
+	}
+	return settled;
+}
+
+/* List this transaction as a prepared catalog change (at PREPARE) */
+static void
+ListPrepared(void)
+{
+	TransactionId xid = GetTopTransactionIdIfAny();
+	bool		listed = false;
+
+	/* a transaction whose changes wrote no row has no xid and changed nothing */
+	if (!TransactionIdIsValid(xid))
+		return;
+	SpinLockAcquire(&state->prepared_lock);
+	if (state->nprepared < SP_MAX_PREPARED)
+	{
+		state->prepared[state->nprepared++] = xid;
+		listed = true;
+	}
+	SpinLockRelease(&state->prepared_lock);
+	if (!listed)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("too many prepared transactions changed usage_guard's catalog"),
+				 errdetail("At most %d such prepared transactions may be in progress at a time.", SP_MAX_PREPARED),
+				 errhint("Commit or roll back prepared transactions (pg_prepared_xacts).")));
+	BumpAll();
 }
 
 /* Drop every stale tenant entry (table full); once per change of generations */
@@ -359,8 +473,10 @@ GetTenant(const TenantKey *key, uint32 name_hash, TenantEntry *out)
 
 	for (int attempt = 0; attempt < 2; attempt++)
 	{
+		bool		settled = attempt > 0 || PreparedChangesSettled();
+
 		LWLockAcquire(lock, LW_EXCLUSIVE);
-		if (pg_atomic_read_u64(stripe) != generation)
+		if (!settled || pg_atomic_read_u64(stripe) != generation)
 		{
 			/* changed while loading: use it once, keep nothing */
 			LWLockRelease(lock);
@@ -417,6 +533,8 @@ GetPlanFeature(Oid ledger, const char *plan_code, const char *feature_key,
 	out->plan_mask = loaded.plan_mask;
 	memcpy(out->plan_limits, loaded.plan_limits, sizeof(out->plan_limits));
 
+	if (!PreparedChangesSettled())
+		return;
 	LWLockAcquire(PlanFeatureLock(), LW_EXCLUSIVE);
 	if (pg_atomic_read_u64(&state->plan_generation) == generation)
 	{
@@ -527,12 +645,13 @@ PublishAtXactEnd(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_PRE_PREPARE:
-			if (xact_changed)
-				ereport(ERROR,
-						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cannot prepare a transaction that changed usage_guard's catalog"),
-						 errdetail("The shared policy cache learns of a catalog change when the session that made it commits."),
-						 errhint("Change plans, subscriptions and overrides in a transaction that is committed directly.")));
+			/* listed before the prepare can be seen committed by anyone */
+			if (state != NULL && xact_changed)
+				ListPrepared();
+			break;
+		case XACT_EVENT_PREPARE:
+			xact_changed = pending_all = false;
+			npending = 0;
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:

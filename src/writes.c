@@ -536,6 +536,30 @@ SettleAll(bool commit)
 	escalated_in = InvalidSubTransactionId;
 }
 
+/*
+ * A prepared transaction (PREPARE TRANSACTION; Citus's two-phase commit of
+ * a write to shards on several nodes) ends in another session, where these
+ * callbacks never run.  So its in-flight usage is not settled: the windows
+ * it was counted in are dropped instead, and the next decision for the key
+ * loads them again from the ledger.  That load waits for the prepared
+ * transaction to end, since the key locks (or the ledger-wide lock) it
+ * held as a writer pass to the prepared transaction; another writer's
+ * in-flight usage in a dropped window settles into nothing (Settle).
+ */
+static void
+ForgetPreparedWrites(void)
+{
+	for (LocalWrite *w = writes; w != NULL; w = w->next)
+	{
+		if (!CountersAvailable())
+			break;
+		for (int i = 0; i < w->nregistered; i++)
+			CounterRemoveWindow(&w->key, w->hash, w->reg_start[i], w->reg_end[i]);
+		w->nregistered = 0;
+	}
+	SettleAll(false);
+}
+
 static void
 SettleAtXactEnd(XactEvent event, void *arg)
 {
@@ -549,13 +573,8 @@ SettleAtXactEnd(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_ABORT:
 			SettleAll(false);
 			break;
-		case XACT_EVENT_PRE_PREPARE:
-			if (writes != NULL)
-				ereport(ERROR,
-						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cannot prepare a transaction that recorded usage"),
-						 errdetail("usage_guard counts in-flight usage in shared memory until the transaction ends in this session."),
-						 errhint("Record usage in a transaction that is committed directly.")));
+		case XACT_EVENT_PREPARE:
+			ForgetPreparedWrites();
 			break;
 		default:
 			break;
