@@ -8,7 +8,7 @@ MODULE_big = usage_guard
 OBJS = src/usage_guard.o src/args.o src/api.o src/gateway.o src/alerts.o src/queue.o src/engine.o src/subjects.o src/rolling.o src/amount.o src/cache.o src/shared_policy.o src/counters.o \
        src/loader.o src/security.o \
        src/decision.o src/ledger.o src/period.o src/policy.o src/query.o \
-       src/writes.o src/metrics.o
+       src/writes.o src/metrics.o src/citus.o
 PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
 # `make WERROR=1` (the test build, scripts/test.sh) turns every warning into
@@ -25,7 +25,7 @@ endif
 # before it).  The released scripts (0.1.0's full script and every upgrade
 # A--B) are installed as they are: they are what installed databases ran.
 SQL_SRC = sql/src/catalog.sql sql/src/ledger.sql sql/src/decisions.sql sql/src/gateway.sql sql/src/models.sql sql/src/admission.sql \
-          sql/src/counters.sql sql/src/reports.sql sql/src/operations.sql \
+          sql/src/counters.sql sql/src/reports.sql sql/src/operations.sql sql/src/citus.sql \
           sql/src/privileges.sql
 DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
 DATA = $(filter-out $(DATA_built),sql/$(EXTENSION)--0.1.0.sql $(wildcard sql/$(EXTENSION)--*--*.sql))

@@ -86,3 +86,9 @@ SELECT count(*) FROM usage_guard.usage_events WHERE tenant_id = 'err' AND occurr
 REVOKE ALL ON ALL TABLES IN SCHEMA usage_guard FROM ug_reader;
 REVOKE ALL ON SCHEMA usage_guard FROM ug_reader;
 DROP ROLE ug_reader;
+
+-- distribute() (Citus scale-out) says why it cannot run, and changes nothing
+SELECT try($$SELECT * FROM usage_guard.distribute()$$);
+SELECT try($$SELECT * FROM usage_guard.distribute(0)$$);
+SELECT count(*) AS still_local_tables FROM pg_class
+ WHERE relnamespace = 'usage_guard'::regnamespace AND relkind = 'r';

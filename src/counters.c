@@ -920,6 +920,34 @@ CounterRemoveStale(Oid ledger)
 }
 
 /*
+ * Remove every entry of this database (a shard of its ledger came or went:
+ * citus.c).  An in-flight write into a removed entry settles into nothing;
+ * the next decision loads the key from the ledger, after that write ends.
+ */
+int
+CounterRemoveDatabase(void)
+{
+	HASH_SEQ_STATUS scan;
+	CounterEntry *e;
+	int			removed = 0;
+
+	if (counters == NULL)
+		return 0;
+	LockAllPartitions(LW_EXCLUSIVE);
+	hash_seq_init(&scan, counters);
+	while ((e = hash_seq_search(&scan)) != NULL)
+	{
+		if (e->key.dbid == MyDatabaseId)
+		{
+			RemoveEntry(e);
+			removed++;
+		}
+	}
+	UnlockAllPartitions();
+	return removed;
+}
+
+/*
  * Set the committed usage of a window, if it is still there.  The caller
  * holds the key's lock in ExclusiveLock (no other writer in flight).
  */

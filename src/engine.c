@@ -461,7 +461,8 @@ EngineCheck(EngineRequest *r)
 	bool		ok = false;
 
 	PrepareLimits(r);
-	if (CountersUsable())
+	/* not the tenant's node (citus.c): the ledger through Citus */
+	if (CountersUsable() && TenantCountedHere(r->tenant_id))
 	{
 		for (int attempt = 0; attempt < 2 && !ok; attempt++)
 		{
@@ -622,6 +623,7 @@ EngineConsume(EngineRequest *r)
 	Decision   *d = NULL;
 
 	PrepareLimits(r);
+	RequireTenantCountedHere(r->tenant_id);
 	RequireRateState(r);
 	if (CountersUsable() && FastConsume(r, &d))
 		return d;

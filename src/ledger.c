@@ -283,44 +283,6 @@ static Oid	seq_id = InvalidOid;
  * this is decided from the current definition on every insert: rules added
  * while a session is open bind its next row.
  */
-/*
- * Is the ledger a Citus distributed (or reference) table?  Then its
- * relation here is a shell whose rows live in shards: only SQL that Citus
- * routes may write it.  Looked up once per catalog generation (Citus
- * invalidates the relation when it distributes it) in pg_dist_partition,
- * if there is one.
- */
-static bool
-LedgerDistributed(Relation rel)
-{
-	static Oid	known_rel = InvalidOid;
-	static uint64 known_generation = 0;
-	static bool known = false;
-	Oid			dist;
-
-	if (known_rel == RelationGetRelid(rel) && known_generation == CacheGeneration())
-		return known;
-	known = false;
-	dist = get_relname_relid("pg_dist_partition", PG_CATALOG_NAMESPACE);
-	if (OidIsValid(dist))
-	{
-		Relation	r = table_open(dist, AccessShareLock);
-		ScanKeyData key;
-		SysScanDesc scan;
-
-		/* column 1, logicalrelid (regclass: compared as an oid) */
-		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_OIDEQ,
-					ObjectIdGetDatum(RelationGetRelid(rel)));
-		scan = systable_beginscan(r, InvalidOid, false, NULL, 1, &key);
-		known = HeapTupleIsValid(systable_getnext(scan));
-		systable_endscan(scan);
-		table_close(r, AccessShareLock);
-	}
-	known_rel = RelationGetRelid(rel);
-	known_generation = CacheGeneration();
-	return known;
-}
-
 static bool
 DirectInsertAllowed(Relation rel)
 {
@@ -328,7 +290,7 @@ DirectInsertAllowed(Relation rel)
 	TriggerDesc *trig = rel->trigdesc;
 
 	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relrowsecurity ||
-		rel->rd_rules != NULL || LedgerDistributed(rel) ||
+		rel->rd_rules != NULL || RelationIsDistributed(RelationGetRelid(rel)) ||
 		(desc->natts != lengthof(ledger_columns) && desc->natts != LEDGER_COLUMNS_0_5) ||
 		(desc->constr != NULL && desc->constr->num_check > 0))
 		return false;

@@ -126,4 +126,5 @@ _PG_init(void)
 	CacheInit();
 	SharedPolicyInit();
 	WritesInit();
+	CitusInit();
 }

@@ -274,6 +274,12 @@ extern void LoadPlanFeature(const char *plan_code, const char *feature_key, Poli
 extern Oid	UsageGuardRelid(const char *relname);
 extern void LookupLedger(Oid ledger, Oid *owner, bool *rowsecurity);
 
+/* citus.c */
+extern void CitusInit(void);
+extern bool RelationIsDistributed(Oid relid);
+extern bool TenantCountedHere(const char *tenant_id);
+extern void RequireTenantCountedHere(const char *tenant_id);
+
 /* ledger.c */
 extern Amount LedgerWindowSum(const char *tenant_id, const char *subject_id,
 							  const char *feature_key, TimestampTz start, TimestampTz end);
