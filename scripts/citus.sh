@@ -2,7 +2,8 @@
 # scripts/citus.sh: a throwaway Citus cluster (a coordinator and two workers on
 # loopback) with usage_guard, for the scale-out work (docs/citus.md).
 #
-#   bash scripts/citus.sh smoke   build, start, check what works today, stop
+#   bash scripts/citus.sh test    build, start, distribute, check exactness under load, a shard move and a restart, stop
+#   bash scripts/citus.sh bench   build, start, distribute, print the benchmark row, stop
 #   bash scripts/citus.sh up      build and start; prints how to connect
 #   bash scripts/citus.sh down    stop the nodes and remove their directory
 #
@@ -24,7 +25,7 @@ NODES=$CITUS_DIR/nodes
 # The Debian packages Citus's build needs (configured --without-libcurl)
 CITUS_BUILD_DEPS="liblz4-dev libzstd-dev libkrb5-dev libselinux1-dev libpam0g-dev libxslt1-dev libreadline-dev"
 
-usage() { sed -n '4,7p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '4,8p' "$0" | sed 's/^# \{0,1\}//'; }
 
 # The built Citus tree for this tarball and PostgreSQL major (cached)
 build_citus() {
@@ -122,59 +123,248 @@ down_quiet() {
     rm -rf "$CITUS_DIR"
 }
 
-# What works today, each a check that can fail; the rest is docs/citus.md's list
-smoke() {
-    local fails=0 got
-    check() {
-        if [ "$2" = "$3" ]; then
-            log "ok: $1"
-        else
-            log "FAILED: $1 (expected '$3', got '$2')"
-            fails=$((fails + 1))
-        fi
-    }
+# TAP-style checks: "ok N - what" / "not ok N - what" (scripts/test.sh counts them)
+ntests=0
+nfailed=0
+check() {
+    ntests=$((ntests + 1))
+    if [ "$2" = "$3" ]; then
+        echo "ok $ntests - $1"
+    else
+        echo "not ok $ntests - $1 (expected '$3', got '$2')"
+        nfailed=$((nfailed + 1))
+    fi
+}
+q() { psql_node "$1" -d postgres -At -c "$2"; }
+
+# pgbench through the coordinator (its exit status ignored: a worker's
+# restart aborts clients, which is the point of one phase)
+load() {
+    local seconds=$1
+    shift
+    as_owner "$(cat "$CITUS_DIR/bindir")/pgbench" -n -h "$NODES" -p "$(node_port 0)" -U postgres \
+        -c 6 -j 2 -T "$seconds" "$@" postgres >>"$CITUS_DIR/pgbench.log" 2>&1 || true
+}
+
+# The hot tenant's usage today (through the coordinator) and the live
+# counters of every worker that differ from the ledger
+hot_usage() {
+    q 0 "SELECT coalesce(sum(amount), 0) FROM usage_guard.usage_events WHERE tenant_id = 'hot' AND feature_key = 'calls' AND occurred_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+}
+counters_off_ledger() {
+    local out
+    out=$(psql_node 0 -d postgres -At -q <<'SQL'
+SET client_min_messages = error;
+-- the counters of the worker that holds each tenant's shard (a worker a
+-- shard moved away from keeps its unused counters until Citus drops the
+-- old shard: src/citus.c)
+CREATE TEMP TABLE live AS
+SELECT c.* FROM run_command_on_workers($$SELECT coalesce(json_agg(c), '[]') FROM usage_guard.live_counters() c$$) w,
+       json_populate_recordset(NULL::usage_guard.usage_counters, w.result::json) c
+ WHERE w.nodeport = (SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid)
+                      WHERE p.shardid = get_shard_id_for_distribution_column('usage_guard.usage_events', c.tenant_id));
+CREATE TEMP TABLE ledger AS SELECT tenant_id, feature_key, occurred_at, amount FROM usage_guard.usage_events;
+CREATE TEMP TABLE compared AS
+SELECT live.*, (SELECT coalesce(sum(amount), 0) FROM ledger l
+                 WHERE l.tenant_id = live.tenant_id AND l.feature_key = live.feature_key
+                   AND l.occurred_at >= live.window_start AND l.occurred_at < live.window_end) AS ledger
+  FROM live WHERE subject_id IS NULL;
+SELECT 'mismatch: ' || row_to_json(c) FROM compared c WHERE usage <> ledger;
+SELECT count(*) FILTER (WHERE usage <> ledger) || '/' || (count(*) > 0) FROM compared;
+SQL
+)
+    grep '^mismatch' <<<"$out" >&2 || true
+    tail -n 1 <<<"$out"
+}
+hot_port() {
+    q 0 "SELECT nodeport FROM pg_dist_placement JOIN pg_dist_node USING (groupid) WHERE shardid = get_shard_id_for_distribution_column('usage_guard.usage_events', 'hot')"
+}
+
+test_cluster() {
+    local got before other moved_to ports n
     up
-    trap down_quiet EXIT
+    [ -n "${CITUS_KEEP:-}" ] || trap down_quiet EXIT
+    : >"$CITUS_DIR/pgbench.log"
     psql_node 0 -d postgres -c 'CREATE EXTENSION usage_guard'
     # CREATE EXTENSION on the coordinator runs on every worker too
     for n in 1 2; do
-        got=$(psql_node "$n" -d postgres -At -c "SELECT extversion FROM pg_extension WHERE extname = 'usage_guard'")
-        check "usage_guard is installed on worker $n by the coordinator's CREATE EXTENSION" "$got" \
-            "$(psql_node 0 -d postgres -At -c "SELECT extversion FROM pg_extension WHERE extname = 'usage_guard'")"
+        check "usage_guard is installed on worker $n by the coordinator's CREATE EXTENSION" \
+            "$(q "$n" "SELECT extversion FROM pg_extension WHERE extname = 'usage_guard'")" \
+            "$(q 0 "SELECT extversion FROM pg_extension WHERE extname = 'usage_guard'")"
     done
-    # the ledger distributes by tenant_id (its keys are tenant first)
-    got=$(psql_node 0 -d postgres -At -c 'SET citus.enable_unsafe_triggers = on' \
-        -c "SELECT create_distributed_table('usage_guard.usage_events', 'tenant_id')" \
-        -c "SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = 'usage_guard.usage_events'::regclass" | tail -n 1)
-    check "usage_events is distributed by tenant_id into 32 shards" "$got" 32
-    got=$(psql_node 0 -d postgres -At -c "SELECT count(DISTINCT nodeport) FROM pg_dist_shard JOIN pg_dist_placement USING (shardid) JOIN pg_dist_node USING (groupid) WHERE logicalrelid = 'usage_guard.usage_events'::regclass")
-    check "its shards are on both workers" "$got" 2
-    # a consume's ledger row goes through Citus (SQL), never into the
-    # coordinator's empty shell relation: an allowed consume's row is visible
-    # through the coordinator, or the consume fails; it is never lost.  (Today
-    # it fails: the shard's trigger on the worker checks the feature against
-    # the worker's own, empty, catalog; docs/citus.md)
-    psql_node 0 -d postgres \
-        -c "INSERT INTO usage_guard.features (feature_key) VALUES ('calls')" \
-        -c "INSERT INTO usage_guard.plans (plan_code) VALUES ('p')" \
-        -c "INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, hard_limit) VALUES ('p', 'calls', 'day', 5)" \
-        -c "INSERT INTO usage_guard.tenant_subscriptions (tenant_id, plan_code) VALUES ('a', 'p')"
-    if allowed=$(psql_node 0 -d postgres -At -c "SELECT allowed FROM usage_guard.usage_consume('a', 'calls', 1)" 2>"$CITUS_DIR/consume.err"); then
-        got=$(psql_node 0 -d postgres -At -c "SELECT count(*) FROM usage_guard.usage_events")
-        check "an allowed consume's row is in the distributed ledger" "$allowed/$got" "t/1"
-    else
-        log "ok: the consume failed rather than lose its row: $(head -n 1 "$CITUS_DIR/consume.err")"
+    check "distribute() makes 9 reference tables, 4 distributed tables and delegates 14 functions" \
+        "$(q 0 "SELECT string_agg(n::text, ',' ORDER BY k) FROM (SELECT left(distributed_as, 9) k, count(*) n FROM usage_guard.distribute() WHERE action = 'created' GROUP BY 1) s")" \
+        "14,4,9"
+    check "distribute() again changes nothing" \
+        "$(q 0 "SELECT count(*) FILTER (WHERE action <> 'already') || '/' || count(*) FROM usage_guard.distribute()")" "0/27"
+    check "the ledger has 32 shards, on both workers" \
+        "$(q 0 "SELECT count(DISTINCT shardid) || '/' || count(DISTINCT nodeport) FROM pg_dist_shard JOIN pg_dist_placement USING (shardid) JOIN pg_dist_node USING (groupid) WHERE logicalrelid = 'usage_guard.usage_events'::regclass")" \
+        "32/2"
+    got=$(psql_node 1 -d postgres -At -c "SELECT * FROM usage_guard.distribute()" 2>&1 || true)
+    check "distribute() on a worker is refused" "$(echo "$got" | grep -c 'must run on the Citus coordinator')" 1
+    # the catalog, written on the coordinator (two-phase commit to every node)
+    psql_node 0 -d postgres <<'SQL' >/dev/null
+INSERT INTO usage_guard.features (feature_key) VALUES ('calls'), ('tokens');
+INSERT INTO usage_guard.plans (plan_code) VALUES ('p');
+INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, hard_limit)
+VALUES ('p', 'calls', 'day', 200), ('p', 'tokens', 'month', 1e12);
+INSERT INTO usage_guard.tenant_subscriptions (tenant_id, plan_code)
+SELECT 't' || i, 'p' FROM generate_series(1, 20) i UNION ALL SELECT 'hot', 'p';
+INSERT INTO usage_guard.subjects (tenant_id, subject_id, level, parent_id)
+VALUES ('hot', 'team-a', 'team', NULL), ('hot', 'key-1', 'api_key', 'team-a');
+INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, feature_key, period, hard_limit)
+VALUES ('p', 'api_key', 'quota', 'tokens', 'day', 1000);
+SQL
+    check "the catalog's foreign keys hold on the reference tables" \
+        "$(psql_node 0 -d postgres -At -c "INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, hard_limit) VALUES ('nope', 'calls', 'day', 1)" 2>&1 | grep -c 'violates foreign key')" 1
+    check "tenants live on both workers" \
+        "$(q 0 "SELECT count(DISTINCT nodeport) FROM usage_guard.tenant_subscriptions s, pg_dist_placement p JOIN pg_dist_node USING (groupid) WHERE p.shardid = get_shard_id_for_distribution_column('usage_guard.usage_events', s.tenant_id)")" 2
+    # delegation: one task, on the tenant's worker, and nothing decided here
+    got=$(q 0 "EXPLAIN (VERBOSE) SELECT * FROM usage_guard.usage_consume('hot', 'calls', 1)")
+    check "a consume through the coordinator is one task on the hot tenant's worker" \
+        "$(echo "$got" | grep -c "Task Count: 1")/$(echo "$got" | grep -c "port=$(hot_port) ")" "1/1"
+    check "a consume through the coordinator is allowed" \
+        "$(q 0 "SELECT allowed FROM usage_guard.usage_consume('hot', 'calls', 1)")" t
+    check "the coordinator holds no live counter (the worker decided)" \
+        "$(q 0 "SELECT count(*) FROM usage_guard.live_counters()")" 0
+    got=$(psql_node 0 -d postgres -At -c "SELECT usage_guard.usage_consume(tenant_id, 'calls', 1) FROM usage_guard.tenant_subscriptions WHERE tenant_id = 'hot'" 2>&1 || true)
+    check "a consume Citus cannot delegate (inside another query) is refused on the coordinator" \
+        "$(echo "$got" | grep -c 'on a node that does not hold its shard')" 1
+    check "a check Citus cannot delegate reads the ledger through Citus" \
+        "$(q 0 "SELECT (usage_guard.usage_check(tenant_id, 'calls', 1)).usage FROM usage_guard.tenant_subscriptions WHERE tenant_id = 'hot'")" 1
+
+    cat >"$CITUS_DIR/hot.sql" <<'SQL'
+SELECT allowed FROM usage_guard.usage_consume('hot', 'calls', 1);
+SQL
+    cat >"$CITUS_DIR/any.sql" <<'SQL'
+\set r random(1, 20)
+SELECT allowed FROM usage_guard.usage_consume('t' || :r, 'calls', 1);
+SQL
+    cat >"$CITUS_DIR/txn.sql" <<'SQL'
+\set r random(1, 20)
+BEGIN;
+SELECT allowed FROM usage_guard.usage_consume('t' || :r, 'calls', 1);
+SELECT allowed FROM usage_guard.usage_enforce('t' || :r, 'tokens', 1);
+END;
+SQL
+    # rows for tenants on both workers in one statement: two-phase commit
+    cat >"$CITUS_DIR/batch.sql" <<'SQL'
+SELECT usage_guard.usage_record_batch(array_agg('t' || i), array_fill('tokens'::text, ARRAY[20]), array_fill(1::numeric, ARRAY[20])) FROM generate_series(1, 20) i;
+SQL
+    local scripts=(-f "$CITUS_DIR/hot.sql@4" -f "$CITUS_DIR/any.sql@3" -f "$CITUS_DIR/txn.sql@2" -f "$CITUS_DIR/batch.sql@1")
+
+    load 6 "${scripts[@]}"
+    check "concurrent consumes from 6 coordinator sessions stop the hot tenant exactly at its hard limit" "$(hot_usage)" 200
+    check "no tenant passed its hard limit" \
+        "$(q 0 "SELECT count(*) FROM (SELECT tenant_id FROM usage_guard.usage_events WHERE feature_key = 'calls' GROUP BY tenant_id, date_trunc('day', occurred_at AT TIME ZONE 'UTC') HAVING sum(amount) > 200) s")" 0
+    check "every worker's live counters equal the ledger (mismatches/any)" "$(counters_off_ledger)" "0/true"
+    check "two-phase batches were recorded (rows through the coordinator)" \
+        "$(q 0 "SELECT count(*) > 0 AND count(*) % 20 = 0 FROM usage_guard.usage_events WHERE feature_key = 'tokens' AND kind = 'record'")" t
+    check "nothing was written into the coordinator's shell relations" \
+        "$(q 0 "SELECT pg_relation_size('usage_guard.usage_events') + pg_relation_size('usage_guard.usage_resets')")" 0
+
+    # move the hot tenant's shard to the other worker under load, with a
+    # higher limit: its counters there are loaded from the moved rows
+    before=$(hot_port)
+    other=$(q 0 "SELECT nodeport FROM pg_dist_node WHERE noderole = 'primary' AND groupid <> 0 AND nodeport <> $before")
+    psql_node 0 -d postgres -q -c "INSERT INTO usage_guard.tenant_overrides (tenant_id, feature_key, period, hard_limit) VALUES ('hot', 'calls', 'day', 400)"
+    load 8 "${scripts[@]}" &
+    sleep 2
+    q 0 "SELECT citus_move_shard_placement(get_shard_id_for_distribution_column('usage_guard.usage_events', 'hot'), '127.0.0.1', $before, '127.0.0.1', $other)" >/dev/null
+    wait
+    moved_to=$(hot_port)
+    check "the hot tenant's shard moved to the other worker" "$moved_to" "$other"
+    load 3 "${scripts[@]}"
+    check "after the move the hot tenant stops exactly at its new limit" "$(hot_usage)" 400
+    check "every worker's live counters equal the ledger after the move" "$(counters_off_ledger)" "0/true"
+
+    # an immediate restart of the hot tenant's worker under load
+    psql_node 0 -d postgres -q -c "UPDATE usage_guard.tenant_overrides SET hard_limit = 600 WHERE tenant_id = 'hot'"
+    for n in 1 2; do [ "$(node_port $n)" = "$moved_to" ] && break; done
+    load 6 "${scripts[@]}" &
+    sleep 2
+    as_owner "$(cat "$CITUS_DIR/bindir")/pg_ctl" -D "$NODES/n$n" -m immediate -w restart -l "$NODES/n$n.log" >/dev/null
+    wait
+    # two-phase batches the restart left prepared are committed by Citus's
+    # recovery (every minute): now, so that the ledger is settled
+    q 0 "SELECT recover_prepared_transactions()" >/dev/null
+    load 4 "${scripts[@]}"
+    check "after the worker's immediate restart the hot tenant stops exactly at its new limit" "$(hot_usage)" 600
+    check "every worker's live counters equal the ledger after the restart" "$(counters_off_ledger)" "0/true"
+
+    # reports, rollups and metrics on the coordinator, over the distributed ledger
+    check "get_usage_totals on the coordinator counts the hot tenant's usage" \
+        "$(q 0 "SELECT total FROM usage_guard.get_usage_totals('hot', now() - interval '1 day', now() + interval '1 day', '{calls}')")" 600
+    check "a gateway consume (request_consume) is delegated and allowed" \
+        "$(q 0 "SELECT allowed FROM usage_guard.request_consume('hot', 'key-1', 'tokens', 5)")" t
+    check "top_consumers on the coordinator ranks the hot tenant first" \
+        "$(q 0 "SELECT tenant_id FROM usage_guard.top_consumers('calls') LIMIT 1")" hot
+    check "refresh_rollups on the coordinator rolls up the distributed ledger" \
+        "$(q 0 "SELECT usage_guard.refresh_rollups(false)" >/dev/null &&
+           q 0 "SELECT (SELECT sum(total) FROM usage_guard.usage_daily) = (SELECT sum(amount) FROM usage_guard.usage_events)")" t
+    check "metrics() answers per node (a worker's counters)" \
+        "$(q "$n" "SELECT count(*) > 0 FROM usage_guard.metrics()")" t
+    log "pgbench output: $CITUS_DIR/pgbench.log ($(grep -c '^number of transactions actually processed' "$CITUS_DIR/pgbench.log") runs)"
+    if [ -n "${CITUS_BENCH:-}" ]; then
+        bench_cluster "$CITUS_BENCH"
     fi
-    got=$(psql_node 0 -d postgres -At -c "SELECT pg_catalog.pg_relation_size('usage_guard.usage_events')")
-    check "nothing was written into the coordinator's shell relation (its size)" "$got" 0
-    [ "$fails" = 0 ] || { log "$fails Citus smoke check(s) failed"; exit 1; }
-    log "Citus smoke checks passed"
+    echo "1..$ntests"
+    [ "$nfailed" = 0 ] || { log "$nfailed of $ntests Citus checks failed"; exit 1; }
+    log "all $ntests Citus checks passed"
+}
+
+# The benchmark row: a delegated consume through the coordinator against a
+# plain INSERT of the same row through the coordinator into a distributed
+# table of the ledger's shape (no trigger), in the same run.
+bench_cluster() {
+    local seconds=$1 rounds=${CITUS_BENCH_ROUNDS:-3} consume insert r tps
+    psql_node 0 -d postgres -q <<'SQL'
+CREATE TABLE IF NOT EXISTS bench_shape (LIKE usage_guard.usage_events INCLUDING DEFAULTS INCLUDING IDENTITY);
+ALTER TABLE bench_shape ADD PRIMARY KEY (tenant_id, feature_key, occurred_at, event_id);
+SELECT create_distributed_table('bench_shape', 'tenant_id', colocate_with => 'usage_guard.usage_events');
+SQL
+    psql_node 0 -d postgres -q -c "INSERT INTO usage_guard.features (feature_key) VALUES ('bench') ON CONFLICT DO NOTHING" \
+        -c "INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, hard_limit) VALUES ('p', 'bench', 'day', 1e12) ON CONFLICT DO NOTHING" \
+        -c "INSERT INTO usage_guard.tenant_subscriptions (tenant_id, plan_code) SELECT 'b' || i, 'p' FROM generate_series(1, 1000) i ON CONFLICT DO NOTHING"
+    cat >"$CITUS_DIR/bench_consume.sql" <<'SQL'
+\set r random(1, 1000)
+SELECT allowed FROM usage_guard.usage_consume('b' || :r, 'bench', 1);
+SQL
+    cat >"$CITUS_DIR/bench_insert.sql" <<'SQL'
+\set r random(1, 1000)
+INSERT INTO bench_shape (tenant_id, feature_key, amount, kind) VALUES ('b' || :r, 'bench', 1, 'consume');
+SQL
+    consume=() insert=()
+    for r in $(seq "$rounds"); do
+        for kind in insert consume; do
+            tps=$(as_owner "$(cat "$CITUS_DIR/bindir")/pgbench" -n -h "$NODES" -p "$(node_port 0)" -U postgres \
+                -c 4 -j 2 -T "$seconds" -f "$CITUS_DIR/bench_$kind.sql" postgres 2>"$CITUS_DIR/bench.err" |
+                sed -n 's/^tps = \([0-9.]*\).*/\1/p') || true
+            [ -n "$tps" ] || { log "the benchmark's pgbench run ($kind) failed:"; cat "$CITUS_DIR/bench.err" >&2; exit 1; }
+            [ "$kind" = consume ] && consume+=("$tps") || insert+=("$tps")
+        done
+    done
+    median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+    echo "usage_guard Citus benchmark: ${rounds} rounds of ${seconds} s, 4 clients through the coordinator, 2 workers"
+    printf '%-58s %10s\n' "plain INSERT into a distributed table (TPS, median)" "$(median "${insert[@]}")"
+    printf '%-58s %10s\n' "usage_consume delegated to the tenant's worker (TPS)" "$(median "${consume[@]}")"
+    printf '%-58s %10s\n' "ratio consume / INSERT" \
+        "$(awk -v a="$(median "${consume[@]}")" -v b="$(median "${insert[@]}")" 'BEGIN {printf "%.2fx", a / b}')"
+}
+
+bench() {
+    up
+    trap down_quiet EXIT
+    psql_node 0 -d postgres -q -c 'CREATE EXTENSION usage_guard' -c 'SELECT count(*) FROM usage_guard.distribute()' >/dev/null
+    psql_node 0 -d postgres -q -c "INSERT INTO usage_guard.plans (plan_code) VALUES ('p')"
+    bench_cluster "${CITUS_BENCH_SECONDS:-10}"
 }
 
 case "${1:-}" in
     up) up ;;
     down) down_quiet ;;
-    smoke) smoke ;;
+    test) test_cluster ;;
+    bench) bench ;;
     -h|--help|"") usage ;;
     *) usage >&2; exit 2 ;;
 esac

@@ -135,10 +135,13 @@ TenantCountedHere(const char *tenant_id)
 
 	values[0] = ObjectIdGetDatum(ledger);
 	values[1] = CStringGetTextDatum(tenant_id);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "usage_guard: SPI_connect failed");
 	BeginInternal(&ctx, true);
 	RunQuery(&shard_here_query, values, NULL, true, 1);
-	found = SPI_processed == 1 && DatumGetBool(ResultDatum(0, 0, &isnull)) && !isnull;
+	found = SPI_processed == 1 && DatumGetBool(ResultDatum(0, 1, &isnull)) && !isnull;
 	EndInternal(&ctx);
+	SPI_finish();
 
 	/* the lookup ran SQL: the table may have been rebuilt meanwhile */
 	if (tenants_here_generation == CacheGeneration())

@@ -26,9 +26,10 @@ DECLARE
         'tenant_subscriptions', 'tenant_overrides', 'models', 'model_prices', 'subjects',
         'subject_limits'];
     tenant_tables CONSTANT text[] := ARRAY['usage_events', 'usage_resets', 'leases', 'reservations'];
+    -- (the reports stay on the coordinator: a delegated function may only
+    -- query the ledger filtered by its own tenant argument)
     delegated CONSTANT text[] := ARRAY['usage_check', 'usage_allowed', 'usage_consume',
-        'usage_enforce', 'usage_record', 'usage_status', 'limit_windows', 'get_usage_totals',
-        'budget_usage', 'reset_usage', 'request_check', 'request_consume', 'request_enforce',
+        'usage_enforce', 'usage_record', 'request_check', 'request_consume', 'request_enforce',
         'request_throttle', 'admit', 'settle', 'cancel', 'lease_acquire', 'lease_release'];
     t text;
     rel regclass;
