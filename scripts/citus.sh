@@ -139,11 +139,13 @@ q() { psql_node "$1" -d postgres -At -c "$2"; }
 
 # pgbench through the coordinator (its exit status ignored: a worker's
 # restart aborts clients, which is the point of one phase)
+pgbench_coordinator() {
+    as_owner "$(cat "$CITUS_DIR/bindir")/pgbench" -n -h "$NODES" -p "$(node_port 0)" -U postgres -j 2 "$@" postgres
+}
 load() {
     local seconds=$1
     shift
-    as_owner "$(cat "$CITUS_DIR/bindir")/pgbench" -n -h "$NODES" -p "$(node_port 0)" -U postgres \
-        -c 6 -j 2 -T "$seconds" "$@" postgres >>"$CITUS_DIR/pgbench.log" 2>&1 || true
+    pgbench_coordinator -c 6 -T "$seconds" "$@" >>"$CITUS_DIR/pgbench.log" 2>&1 || true
 }
 
 # The hot tenant's usage today (through the coordinator) and the live
@@ -337,8 +339,7 @@ SQL
     consume=() insert=()
     for r in $(seq "$rounds"); do
         for kind in insert consume; do
-            tps=$(as_owner "$(cat "$CITUS_DIR/bindir")/pgbench" -n -h "$NODES" -p "$(node_port 0)" -U postgres \
-                -c 4 -j 2 -T "$seconds" -f "$CITUS_DIR/bench_$kind.sql" postgres 2>"$CITUS_DIR/bench.err" |
+            tps=$(pgbench_coordinator -c 4 -T "$seconds" -f "$CITUS_DIR/bench_$kind.sql" 2>"$CITUS_DIR/bench.err" |
                 sed -n 's/^tps = \([0-9.]*\).*/\1/p') || true
             [ -n "$tps" ] || { log "the benchmark's pgbench run ($kind) failed:"; cat "$CITUS_DIR/bench.err" >&2; exit 1; }
             [ "$kind" = consume ] && consume+=("$tps") || insert+=("$tps")

@@ -243,7 +243,7 @@ ForgetCountersOnShardChange(XactEvent event, void *arg)
 			/* prepared (Citus's two-phase commit): at once, harmless early */
 			if (shards_changed)
 			{
-				int			removed = CounterRemoveDatabase();
+				int			removed = CounterRemoveStale(InvalidOid);
 
 				ereport(LOG,
 						(errmsg("usage_guard: a shard of the ledger was created or dropped on this node; %d live counters will be loaded again from the ledger",

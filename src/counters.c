@@ -895,6 +895,9 @@ CounterCopyKey(const CounterSnapshotData *snap, int i, CounterKey *key)
 /*
  * Remove this database's entries of ledgers other than `ledger` (an
  * extension dropped and created again): their keys can never be used.
+ * InvalidOid removes every entry of the database (a shard of its ledger
+ * came or went: citus.c); an in-flight write into a removed entry settles
+ * into nothing, and the next decision loads the key from the ledger.
  */
 int
 CounterRemoveStale(Oid ledger)
@@ -910,34 +913,6 @@ CounterRemoveStale(Oid ledger)
 	while ((e = hash_seq_search(&scan)) != NULL)
 	{
 		if (e->key.dbid == MyDatabaseId && e->key.ledger != ledger)
-		{
-			RemoveEntry(e);
-			removed++;
-		}
-	}
-	UnlockAllPartitions();
-	return removed;
-}
-
-/*
- * Remove every entry of this database (a shard of its ledger came or went:
- * citus.c).  An in-flight write into a removed entry settles into nothing;
- * the next decision loads the key from the ledger, after that write ends.
- */
-int
-CounterRemoveDatabase(void)
-{
-	HASH_SEQ_STATUS scan;
-	CounterEntry *e;
-	int			removed = 0;
-
-	if (counters == NULL)
-		return 0;
-	LockAllPartitions(LW_EXCLUSIVE);
-	hash_seq_init(&scan, counters);
-	while ((e = hash_seq_search(&scan)) != NULL)
-	{
-		if (e->key.dbid == MyDatabaseId)
 		{
 			RemoveEntry(e);
 			removed++;

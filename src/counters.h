@@ -165,7 +165,6 @@ extern bool CountersUsable(void);
 extern CounterSnapshotData *CounterSnapshot(Oid ledger);
 extern void CounterCopyKey(const CounterSnapshotData *snap, int i, CounterKey *key);
 extern int	CounterRemoveStale(Oid ledger);
-extern int	CounterRemoveDatabase(void);
 extern void CounterSetUsage(const CounterKey *key, uint32 hash, TimestampTz start,
 							TimestampTz end, Amount usage);
 extern void CounterRemoveWindow(const CounterKey *key, uint32 hash, TimestampTz start,
