@@ -191,9 +191,8 @@ IsLedgerShardName(Oid relid)
 	name = get_rel_name(relid);
 	if (name == NULL)
 		return false;
-	if (strncmp(name, "usage_events_", 13) == 0)
-		digits = name + 13;
-	else if (strncmp(name, "usage_resets_", 13) == 0)
+	/* both prefixes are 13 bytes */
+	if (strncmp(name, "usage_events_", 13) == 0 || strncmp(name, "usage_resets_", 13) == 0)
 		digits = name + 13;
 	if (digits == NULL || *digits == '\0')
 		return false;

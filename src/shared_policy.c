@@ -276,6 +276,40 @@ BumpAll(void)
 }
 
 /*
+ * The first load after a restart: the list in shared memory is gone, and
+ * any recovered prepared transaction may have changed the catalog, so
+ * every one is listed.
+ */
+static void
+ListRecoveredPrepared(void)
+{
+	TransactionId xids[SP_MAX_PREPARED];
+	int			n = 0;
+
+	if (SPI_connect() != SPI_OK_CONNECT ||
+		SPI_execute("SELECT transaction FROM pg_catalog.pg_prepared_xacts", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "usage_guard: could not read pg_prepared_xacts");
+	for (uint64 i = 0; i < SPI_processed && n < SP_MAX_PREPARED; i++)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			xids[n++] = DatumGetTransactionId(d);
+	}
+	SPI_finish();
+
+	SpinLockAcquire(&state->prepared_lock);
+	if (state->prepared_unknown)
+	{
+		for (int i = 0; i < n && state->nprepared < SP_MAX_PREPARED; i++)
+			state->prepared[state->nprepared++] = xids[i];
+		state->prepared_unknown = false;
+	}
+	SpinLockRelease(&state->prepared_lock);
+}
+
+/*
  * Whether what a loader read may be kept as far as prepared catalog changes
  * go (see the header): none listed is in progress.  Delists ended ones,
  * bumping every generation, so a load that began before one committed is
@@ -286,41 +320,15 @@ PreparedChangesSettled(void)
 {
 	TransactionId xids[SP_MAX_PREPARED];
 	int			n;
-	bool		unknown;
 	bool		settled = true;
 
+	/* read unlocked: it only ever turns false, and is checked again under the lock */
+	if (state->prepared_unknown)
+		ListRecoveredPrepared();
 	SpinLockAcquire(&state->prepared_lock);
-	unknown = state->prepared_unknown;
 	n = state->nprepared;
 	memcpy(xids, state->prepared, n * sizeof(TransactionId));
 	SpinLockRelease(&state->prepared_lock);
-
-	if (unknown)
-	{
-		/* the first load after a restart: any prepared transaction counts */
-		bool		connected = SPI_connect() == SPI_OK_CONNECT;
-
-		if (!connected ||
-			SPI_execute("SELECT transaction FROM pg_catalog.pg_prepared_xacts", true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "usage_guard: could not read pg_prepared_xacts");
-		SpinLockAcquire(&state->prepared_lock);
-		if (state->prepared_unknown)
-		{
-			for (uint64 i = 0; i < SPI_processed && state->nprepared < SP_MAX_PREPARED; i++)
-			{
-				bool		isnull;
-				Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
-
-				if (!isnull)
-					state->prepared[state->nprepared++] = DatumGetTransactionId(d);
-			}
-			state->prepared_unknown = false;
-		}
-		n = state->nprepared;
-		memcpy(xids, state->prepared, n * sizeof(TransactionId));
-		SpinLockRelease(&state->prepared_lock);
-		SPI_finish();
-	}
 	if (n == 0)
 		return true;
 

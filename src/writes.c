@@ -549,10 +549,8 @@ SettleAll(bool commit)
 static void
 ForgetPreparedWrites(void)
 {
-	for (LocalWrite *w = writes; w != NULL; w = w->next)
+	for (LocalWrite *w = CountersAvailable() ? writes : NULL; w != NULL; w = w->next)
 	{
-		if (!CountersAvailable())
-			break;
 		for (int i = 0; i < w->nregistered; i++)
 			CounterRemoveWindow(&w->key, w->hash, w->reg_start[i], w->reg_end[i]);
 		w->nregistered = 0;
