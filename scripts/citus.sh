@@ -294,9 +294,19 @@ SQL
     check "after the worker's immediate restart the hot tenant stops exactly at its new limit" "$(hot_usage)" 600
     check "every worker's live counters equal the ledger after the restart" "$(counters_off_ledger)" "0/true"
 
+    # and back: the first worker's counters of the hot tenant from before
+    # the first move were dropped with its old shard, never used again
+    q 0 "CALL citus_cleanup_orphaned_resources()" >/dev/null
+    psql_node 0 -d postgres -q -c "UPDATE usage_guard.tenant_overrides SET hard_limit = 800 WHERE tenant_id = 'hot'"
+    q 0 "SELECT citus_move_shard_placement(get_shard_id_for_distribution_column('usage_guard.usage_events', 'hot'), '127.0.0.1', $moved_to, '127.0.0.1', $before)" >/dev/null
+    check "the hot tenant's shard moved back to its first worker" "$(hot_port)" "$before"
+    load 4 "${scripts[@]}"
+    check "back on its first worker the hot tenant stops exactly at its new limit" "$(hot_usage)" 800
+    check "every worker's live counters equal the ledger after the move back" "$(counters_off_ledger)" "0/true"
+
     # reports, rollups and metrics on the coordinator, over the distributed ledger
     check "get_usage_totals on the coordinator counts the hot tenant's usage" \
-        "$(q 0 "SELECT total FROM usage_guard.get_usage_totals('hot', now() - interval '1 day', now() + interval '1 day', '{calls}')")" 600
+        "$(q 0 "SELECT total FROM usage_guard.get_usage_totals('hot', now() - interval '1 day', now() + interval '1 day', '{calls}')")" 800
     check "a gateway consume (request_consume) is delegated and allowed" \
         "$(q 0 "SELECT allowed FROM usage_guard.request_consume('hot', 'key-1', 'tokens', 5)")" t
     check "top_consumers on the coordinator ranks the hot tenant first" \
