@@ -166,10 +166,14 @@ SELECT c.* FROM run_command_on_workers($$SELECT coalesce(json_agg(c), '[]') FROM
  WHERE w.nodeport = (SELECT n.nodeport FROM pg_dist_placement p JOIN pg_dist_node n USING (groupid)
                       WHERE p.shardid = get_shard_id_for_distribution_column('usage_guard.usage_events', c.tenant_id));
 CREATE TEMP TABLE ledger AS SELECT tenant_id, feature_key, occurred_at, amount FROM usage_guard.usage_events;
+CREATE TEMP TABLE resets AS SELECT tenant_id, feature_key, window_start, window_end, amount FROM usage_guard.usage_resets;
 CREATE TEMP TABLE compared AS
 SELECT live.*, (SELECT coalesce(sum(amount), 0) FROM ledger l
                  WHERE l.tenant_id = live.tenant_id AND l.feature_key = live.feature_key
-                   AND l.occurred_at >= live.window_start AND l.occurred_at < live.window_end) AS ledger
+                   AND l.occurred_at >= live.window_start AND l.occurred_at < live.window_end)
+             + (SELECT coalesce(sum(amount), 0) FROM resets r
+                 WHERE r.tenant_id = live.tenant_id AND r.feature_key = live.feature_key
+                   AND r.window_start = live.window_start AND r.window_end = live.window_end) AS ledger
   FROM live WHERE subject_id IS NULL;
 SELECT 'mismatch: ' || row_to_json(c) FROM compared c WHERE usage <> ledger;
 SELECT count(*) FILTER (WHERE usage <> ledger) || '/' || (count(*) > 0) FROM compared;
@@ -316,6 +320,33 @@ SQL
            q 0 "SELECT (SELECT sum(total) FROM usage_guard.usage_daily) = (SELECT sum(amount) FROM usage_guard.usage_events)")" t
     check "metrics() answers per node (a worker's counters)" \
         "$(q "$n" "SELECT count(*) > 0 FROM usage_guard.metrics()")" t
+    # the limit reports: limits from the reference tables on the
+    # coordinator, ledger sums pushed down to the workers
+    check "usage_status on the coordinator shows the hot tenant at its hard limit" \
+        "$(q 0 "SELECT usage || '/' || status FROM usage_guard.usage_status('hot') WHERE feature_key = 'calls'")" "800/hard_limit"
+    check "subscription_usage on the coordinator shows every tenant's limits with the ledger's usage (rows/differing)" \
+        "$(q 0 "WITH v AS (SELECT * FROM usage_guard.subscription_usage),
+                     l AS (SELECT tenant_id, feature_key, sum(amount) s FROM usage_guard.usage_events
+                            WHERE occurred_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' GROUP BY 1, 2)
+                SELECT count(*) || '/' || count(*) FILTER (WHERE v.period = 'day' AND v.usage <> coalesce(l.s, 0))
+                  FROM v LEFT JOIN l USING (tenant_id, feature_key)")" "42/0"
+    check "usage_report on the coordinator equals the ledger for every tenant and feature (rows/differing)" \
+        "$(q 0 "WITH r AS (SELECT * FROM usage_guard.usage_report(period_start => now() - interval '1 day', period_end => now() + interval '1 day')),
+                     l AS (SELECT tenant_id, feature_key, sum(amount) s, count(*) n FROM usage_guard.usage_events GROUP BY 1, 2)
+                SELECT count(*) || '/' || count(*) FILTER (WHERE r.usage <> coalesce(l.s, 0) OR r.events <> coalesce(l.n, 0))
+                  FROM r LEFT JOIN l USING (tenant_id, feature_key)")" "42/0"
+    check "usage_report for one tenant on the coordinator judges its day window at the hard limit" \
+        "$(q 0 "SELECT peak_usage || '/' || windows_at_hard || '/' || status FROM usage_guard.usage_report('hot', period_start => now() - interval '1 hour', period_end => now() + interval '1 hour') WHERE feature_key = 'calls'")" "800/1/hard_limit"
+    check "usage_report_json on the coordinator has a row per tenant and limit" \
+        "$(q 0 "SELECT jsonb_array_length(usage_guard.usage_report_json(period_start => now() - interval '1 day', period_end => now() + interval '1 day') -> 'rows')")" 42
+    # an admin reset through the coordinator: a row of usage_resets on the
+    # tenant's worker, which its counters count
+    check "reset_usage on the coordinator gives back the hot tenant's day" \
+        "$(q 0 "SELECT usage_before || '/' || adjustment FROM usage_guard.reset_usage('hot', 'calls', 'support ticket')")" "800/-800"
+    load 4 -f "$CITUS_DIR/hot.sql"
+    check "after the reset 6 sessions on the hot tenant alone stop it exactly at its limit again" \
+        "$(q 0 "SELECT usage FROM usage_guard.usage_status('hot') WHERE feature_key = 'calls'")" 800
+    check "every worker's live counters equal the ledger with its resets" "$(counters_off_ledger)" "0/true"
     log "pgbench output: $CITUS_DIR/pgbench.log ($(grep -c '^number of transactions actually processed' "$CITUS_DIR/pgbench.log") runs)"
     if [ -n "${CITUS_BENCH:-}" ]; then
         bench_cluster "$CITUS_BENCH"

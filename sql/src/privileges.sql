@@ -91,6 +91,8 @@ GRANT EXECUTE ON FUNCTION
     usage_guard.usage_anomalies(text, interval, numeric, numeric, timestamptz, interval, interval),
     usage_guard.usage_anomalies_rows(text, interval, numeric, numeric, timestamptz, interval, interval),
     usage_guard.limit_windows(text, timestamptz),
+    usage_guard.limit_windows_rows(text, timestamptz),
+    usage_guard.limits_in_force(text, timestamptz),
     usage_guard.limit_status(numeric, numeric, numeric, numeric),
     usage_guard.window_of(text, timestamptz, timestamptz, timestamptz),
     usage_guard.window_length(timestamptz, timestamptz),

@@ -128,8 +128,102 @@ COMMENT ON FUNCTION usage_guard.refresh_rollups(boolean) IS
 -- Limit windows and status
 --------------------------------------------------------------------------
 
--- A tenant's limit windows at an instant: the limits in force (plan, or an
--- unexpired override), the window of each, and committed usage in it.
+-- A tenant's limits at an instant from the catalog alone: the limits in
+-- force (plan, or an unexpired override) and the window of each.  Only
+-- catalog tables, which are reference tables on Citus, so it runs on any
+-- node; the ledger sums over these windows are the callers'.
+CREATE FUNCTION usage_guard.limits_in_force(in_tenant_id text, in_at timestamptz)
+RETURNS TABLE (tenant_id text, plan_code text, status text, feature_key text, unit text,
+               period text, window_start timestamptz, window_end timestamptz,
+               soft_limit numeric, hard_limit numeric, limit_source text,
+               current_period_start timestamptz, current_period_end timestamptz)
+LANGUAGE plpgsql STABLE ROWS 4
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_tenant ALIAS FOR $1;
+    p_at     ALIAS FOR $2;
+BEGIN
+    RETURN QUERY
+    WITH s AS (
+        SELECT t.tenant_id, t.plan_code, t.status, t.current_period_start, t.current_period_end
+          FROM usage_guard.tenant_subscriptions t WHERE t.tenant_id = p_tenant
+        UNION ALL
+        -- no subscription row: the default plan, if any (as the decisions do)
+        SELECT p_tenant, p.plan_code, 'active', '2000-01-01 00:00:00+00'::timestamptz, NULL
+          FROM usage_guard.plans p
+         WHERE p.is_default
+           AND NOT EXISTS (SELECT 1 FROM usage_guard.tenant_subscriptions t WHERE t.tenant_id = p_tenant)
+    ), limits AS (
+        SELECT s.tenant_id, s.plan_code, s.status, s.current_period_start, s.current_period_end,
+               pf.feature_key, pf.period::text AS period, pf.soft_limit::numeric AS soft_limit,
+               pf.hard_limit::numeric AS hard_limit, 'plan'::text AS limit_source
+          FROM s JOIN usage_guard.plan_features pf ON pf.plan_code = s.plan_code
+         WHERE NOT EXISTS (SELECT 1 FROM usage_guard.tenant_overrides o
+                            WHERE o.tenant_id = s.tenant_id AND o.feature_key = pf.feature_key
+                              AND o.period = pf.period AND (o.expires_at IS NULL OR o.expires_at > p_at))
+        UNION ALL
+        SELECT s.tenant_id, s.plan_code, s.status, s.current_period_start, s.current_period_end,
+               o.feature_key, o.period::text, o.soft_limit::numeric, o.hard_limit::numeric, 'override'
+          FROM s JOIN usage_guard.tenant_overrides o ON o.tenant_id = s.tenant_id
+         WHERE o.expires_at IS NULL OR o.expires_at > p_at
+    )
+    SELECT l.tenant_id, l.plan_code, l.status, l.feature_key, f.unit, l.period,
+           w.window_start, w.window_end, l.soft_limit, l.hard_limit, l.limit_source,
+           l.current_period_start, l.current_period_end
+      FROM limits l
+      JOIN usage_guard.features f ON f.feature_key = l.feature_key
+     CROSS JOIN LATERAL usage_guard.window_of(l.period, p_at, l.current_period_start, l.current_period_end) w;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.limits_in_force(text, timestamptz) IS
+    'Internal: a tenant''s limits in force at an instant and the window of each, from the catalog alone (any subscription status)';
+
+-- The same limits with each window's committed usage.  PL/pgSQL, the limits
+-- read first and then each window's sum by a query filtered by the tenant
+-- argument itself: on Citus the limits come from the reference tables where
+-- the call runs and each sum is one task on the tenant's worker (Citus can
+-- plan neither a SQL function's parameters nor a ledger sum correlated with
+-- catalog rows, and a worker may not call back into distributed tables).
+CREATE FUNCTION usage_guard.limit_windows_rows(in_tenant_id text, in_at timestamptz)
+RETURNS TABLE (tenant_id text, plan_code text, status text, feature_key text, unit text,
+               period text, window_start timestamptz, window_end timestamptz, usage numeric,
+               soft_limit numeric, hard_limit numeric, remaining numeric, percent_used numeric,
+               limit_source text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_tenant ALIAS FOR $1;
+    p_at     ALIAS FOR $2;
+    l record;
+BEGIN
+    FOR l IN SELECT * FROM usage_guard.limits_in_force(p_tenant, p_at) LOOP
+        SELECT coalesce((SELECT sum(e.amount)
+                           FROM usage_guard.usage_events e
+                          WHERE e.tenant_id = p_tenant AND e.feature_key = l.feature_key
+                            AND e.occurred_at >= l.window_start AND e.occurred_at < l.window_end), 0)
+               -- resets of exactly this window, as the decisions count them
+               + coalesce((SELECT sum(r.amount)
+                             FROM usage_guard.usage_resets r
+                            WHERE r.tenant_id = p_tenant AND r.feature_key = l.feature_key
+                              AND r.window_start = l.window_start AND r.window_end = l.window_end), 0)
+          INTO usage;
+        tenant_id := l.tenant_id; plan_code := l.plan_code; status := l.status;
+        feature_key := l.feature_key; unit := l.unit; period := l.period;
+        window_start := l.window_start; window_end := l.window_end;
+        soft_limit := l.soft_limit; hard_limit := l.hard_limit; limit_source := l.limit_source;
+        remaining := CASE WHEN coalesce(l.hard_limit, l.soft_limit) IS NOT NULL
+                          THEN greatest(coalesce(l.hard_limit, l.soft_limit) - usage, 0) END;
+        percent_used := round(100 * usage / nullif(coalesce(l.hard_limit, l.soft_limit), 0), 2);
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION usage_guard.limit_windows_rows(text, timestamptz) IS
+    'Internal: the body of usage_guard.limit_windows';
+
+-- A tenant's limit windows at an instant with their committed usage.
 CREATE FUNCTION usage_guard.limit_windows(tenant_id text, at timestamptz)
 RETURNS TABLE (tenant_id text, plan_code text, status text, feature_key text, unit text,
                period text, window_start timestamptz, window_end timestamptz, usage numeric,
@@ -138,48 +232,7 @@ RETURNS TABLE (tenant_id text, plan_code text, status text, feature_key text, un
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
-    WITH s AS (
-        SELECT t.tenant_id, t.plan_code, t.status, t.current_period_start, t.current_period_end
-          FROM usage_guard.tenant_subscriptions t WHERE t.tenant_id = $1
-        UNION ALL
-        -- no subscription row: the default plan, if any (as the decisions do)
-        SELECT $1, p.plan_code, 'active', '2000-01-01 00:00:00+00'::timestamptz, NULL
-          FROM usage_guard.plans p
-         WHERE p.is_default
-           AND NOT EXISTS (SELECT 1 FROM usage_guard.tenant_subscriptions t WHERE t.tenant_id = $1)
-    ), limits AS (
-        SELECT s.tenant_id, s.plan_code, s.status, s.current_period_start, s.current_period_end,
-               pf.feature_key, pf.period::text AS period, pf.soft_limit::numeric AS soft_limit,
-               pf.hard_limit::numeric AS hard_limit, 'plan'::text AS limit_source
-          FROM s JOIN usage_guard.plan_features pf ON pf.plan_code = s.plan_code
-         WHERE NOT EXISTS (SELECT 1 FROM usage_guard.tenant_overrides o
-                            WHERE o.tenant_id = s.tenant_id AND o.feature_key = pf.feature_key
-                              AND o.period = pf.period AND (o.expires_at IS NULL OR o.expires_at > $2))
-        UNION ALL
-        SELECT s.tenant_id, s.plan_code, s.status, s.current_period_start, s.current_period_end,
-               o.feature_key, o.period::text, o.soft_limit::numeric, o.hard_limit::numeric, 'override'
-          FROM s JOIN usage_guard.tenant_overrides o ON o.tenant_id = s.tenant_id
-         WHERE o.expires_at IS NULL OR o.expires_at > $2
-    )
-    SELECT l.tenant_id, l.plan_code, l.status, l.feature_key, f.unit, l.period,
-           w.window_start, w.window_end, u.usage, l.soft_limit, l.hard_limit,
-           CASE WHEN coalesce(l.hard_limit, l.soft_limit) IS NOT NULL
-                THEN greatest(coalesce(l.hard_limit, l.soft_limit) - u.usage, 0) END,
-           round(100 * u.usage / nullif(coalesce(l.hard_limit, l.soft_limit), 0), 2),
-           l.limit_source
-      FROM limits l
-      JOIN usage_guard.features f ON f.feature_key = l.feature_key
-     CROSS JOIN LATERAL usage_guard.window_of(l.period, $2, l.current_period_start, l.current_period_end) w
-     CROSS JOIN LATERAL (SELECT coalesce((SELECT sum(e.amount)
-                                            FROM usage_guard.usage_events e
-                                           WHERE e.tenant_id = l.tenant_id AND e.feature_key = l.feature_key
-                                             AND e.occurred_at >= w.window_start AND e.occurred_at < w.window_end), 0)
-                               -- resets of exactly this window, as the decisions count them
-                               + coalesce((SELECT sum(r.amount)
-                                            FROM usage_guard.usage_resets r
-                                           WHERE r.tenant_id = l.tenant_id AND r.feature_key = l.feature_key
-                                             AND r.window_start = w.window_start AND r.window_end = w.window_end), 0)
-                                 AS usage) u;
+    SELECT * FROM usage_guard.limit_windows_rows($1, $2);
 END;
 COMMENT ON FUNCTION usage_guard.limit_windows(text, timestamptz) IS
     'Internal: a tenant''s limits in force at an instant, with the window of each and its committed usage (any subscription status)';
@@ -287,54 +340,75 @@ BEGIN
     IF p_plan IS NOT NULL AND NOT EXISTS (SELECT 1 FROM usage_guard.plans p WHERE p.plan_code = p_plan) THEN
         RAISE EXCEPTION 'plan "%" does not exist', p_plan USING ERRCODE = 'undefined_object';
     END IF;
+    -- Each part is one set query, and the ledger is read only joined to the
+    -- limits (never per limit row): on Citus each part is planned as its own
+    -- step, the limits from the reference tables where the call runs and the
+    -- ledger sums pushed down to the workers.  The ledger reads are filtered
+    -- by the join alone, never by the tenant argument: that would let Citus
+    -- route the whole query to one worker, limits_in_force too, and a worker
+    -- may not call back into distributed tables.
     RETURN QUERY
-    WITH subs AS (
-        SELECT s.tenant_id, s.plan_code, s.current_period_start AS cps, s.current_period_end AS cpe
-          FROM usage_guard.tenant_subscriptions s
-         WHERE (p_tenant IS NULL OR s.tenant_id = p_tenant)
-           AND (p_plan IS NULL OR s.plan_code = p_plan)
-    ), lim AS (
+    WITH lim AS MATERIALIZED (
         -- the limits in force at the end of the period, one row per window kind,
         -- and the span from the first window overlapping the period to the last
-        SELECT w.tenant_id, subs.plan_code, subs.cps, subs.cpe, w.feature_key, w.unit, w.period,
-               w.soft_limit, w.hard_limit, usage_guard.window_length(w.window_start, w.window_end) AS length,
-               (usage_guard.window_of(w.period, p_start, subs.cps, subs.cpe)).window_start AS first_start,
-               (usage_guard.window_of(w.period, p_end - interval '1 microsecond', subs.cps, subs.cpe)).window_end AS last_end
-          FROM subs, LATERAL usage_guard.limit_windows(subs.tenant_id, p_end - interval '1 microsecond') w
-         WHERE p_features IS NULL OR w.feature_key = ANY (p_features)
+        SELECT w.tenant_id, w.plan_code, w.current_period_start AS cps, w.current_period_end AS cpe,
+               w.feature_key, w.unit, w.period, w.soft_limit, w.hard_limit,
+               usage_guard.window_length(w.window_start, w.window_end) AS length,
+               (usage_guard.window_of(w.period, p_start, w.current_period_start, w.current_period_end)).window_start AS first_start,
+               (usage_guard.window_of(w.period, p_end - interval '1 microsecond', w.current_period_start, w.current_period_end)).window_end AS last_end
+          FROM usage_guard.tenant_subscriptions s
+         CROSS JOIN LATERAL usage_guard.limits_in_force(s.tenant_id, p_end - interval '1 microsecond') w
+         WHERE (p_tenant IS NULL OR s.tenant_id = p_tenant)
+           AND (p_plan IS NULL OR s.plan_code = p_plan)
+           AND (p_features IS NULL OR w.feature_key = ANY (p_features))
+    ), totals AS MATERIALIZED (
+        -- the period's usage and events of each limited feature
+        SELECT e.tenant_id, e.feature_key, sum(e.amount) AS usage, count(*) AS events
+          FROM usage_guard.usage_events e
+          JOIN (SELECT DISTINCT l.tenant_id, l.feature_key FROM lim l) k
+            ON k.tenant_id = e.tenant_id AND k.feature_key = e.feature_key
+         WHERE e.occurred_at >= p_start AND e.occurred_at < p_end
+         GROUP BY e.tenant_id, e.feature_key
+    ), peaks AS MATERIALIZED (
+        -- each limit judged against every window of its kind overlapping the
+        -- period, whole, with its resets (as the decisions saw it): the peak
+        -- window, and how many were over the soft limit or at the hard one
+        SELECT wu.tenant_id, wu.feature_key, wu.period, max(wu.u) AS peak_usage,
+               (array_agg(wu.ws ORDER BY wu.u DESC, wu.ws))[1] AS peak_start,
+               (array_agg(wu.we ORDER BY wu.u DESC, wu.ws))[1] AS peak_end,
+               count(*) FILTER (WHERE wu.u > wu.soft_limit) AS over_soft,
+               count(*) FILTER (WHERE wu.u >= wu.hard_limit) AS at_hard
+          FROM (SELECT x.tenant_id, x.feature_key, x.period, x.soft_limit, x.hard_limit, x.ws, x.we,
+                       sum(x.amount) AS u
+                  FROM (SELECT l.tenant_id, l.feature_key, l.period, l.soft_limit, l.hard_limit,
+                               w.window_start AS ws, w.window_end AS we, e.amount
+                          FROM lim l
+                          JOIN usage_guard.usage_events e
+                            ON e.tenant_id = l.tenant_id AND e.feature_key = l.feature_key
+                           AND e.occurred_at >= l.first_start AND e.occurred_at < l.last_end
+                         CROSS JOIN LATERAL usage_guard.window_of(l.period, e.occurred_at, l.cps, l.cpe) w
+                        UNION ALL
+                        SELECT l.tenant_id, l.feature_key, l.period, l.soft_limit, l.hard_limit,
+                               r.window_start, r.window_end, r.amount
+                          FROM lim l
+                          JOIN usage_guard.usage_resets r
+                            ON r.tenant_id = l.tenant_id AND r.feature_key = l.feature_key AND r.period = l.period
+                           AND r.window_start >= l.first_start AND r.window_end <= l.last_end) x
+                 GROUP BY 1, 2, 3, 4, 5, 6, 7) wu
+         GROUP BY 1, 2, 3
     )
     SELECT l.tenant_id, l.plan_code, l.feature_key, l.unit, p_start, p_end,
-           t.usage, t.events, l.period, l.soft_limit, l.hard_limit,
-           pk.peak_usage, pk.peak_start, pk.peak_end, pk.over_soft, pk.at_hard,
+           coalesce(t.usage, 0), coalesce(t.events, 0), l.period, l.soft_limit, l.hard_limit,
+           coalesce(pk.peak_usage, 0), pk.peak_start, pk.peak_end,
+           coalesce(pk.over_soft, 0), coalesce(pk.at_hard, 0),
            CASE WHEN coalesce(l.hard_limit, l.soft_limit) IS NOT NULL
-                THEN greatest(coalesce(l.hard_limit, l.soft_limit) - pk.peak_usage, 0) END,
-           round(100 * pk.peak_usage / nullif(coalesce(l.hard_limit, l.soft_limit), 0), 2),
-           usage_guard.limit_status(pk.peak_usage, l.soft_limit, l.hard_limit, p_warn)
+                THEN greatest(coalesce(l.hard_limit, l.soft_limit) - coalesce(pk.peak_usage, 0), 0) END,
+           round(100 * coalesce(pk.peak_usage, 0) / nullif(coalesce(l.hard_limit, l.soft_limit), 0), 2),
+           usage_guard.limit_status(coalesce(pk.peak_usage, 0), l.soft_limit, l.hard_limit, p_warn)
       FROM lim l
-     CROSS JOIN LATERAL (SELECT coalesce(sum(e.amount), 0) AS usage, count(*) AS events
-                           FROM usage_guard.usage_events e
-                          WHERE e.tenant_id = l.tenant_id AND e.feature_key = l.feature_key
-                            AND e.occurred_at >= p_start AND e.occurred_at < p_end) t
-     CROSS JOIN LATERAL (
-            SELECT coalesce(max(wu.u), 0) AS peak_usage,
-                   (array_agg(wu.ws ORDER BY wu.u DESC, wu.ws))[1] AS peak_start,
-                   (array_agg(wu.we ORDER BY wu.u DESC, wu.ws))[1] AS peak_end,
-                   count(*) FILTER (WHERE wu.u > l.soft_limit) AS over_soft,
-                   count(*) FILTER (WHERE wu.u >= l.hard_limit) AS at_hard
-              FROM (SELECT x.ws, x.we, sum(x.amount) AS u
-                      FROM (SELECT w.window_start AS ws, w.window_end AS we, e.amount
-                              FROM usage_guard.usage_events e
-                             CROSS JOIN LATERAL usage_guard.window_of(l.period, e.occurred_at, l.cps, l.cpe) w
-                             WHERE e.tenant_id = l.tenant_id AND e.feature_key = l.feature_key
-                               AND e.occurred_at >= l.first_start AND e.occurred_at < l.last_end
-                            UNION ALL
-                            -- windows are judged as the decisions saw them: with their resets
-                            SELECT r.window_start, r.window_end, r.amount
-                              FROM usage_guard.usage_resets r
-                             WHERE r.tenant_id = l.tenant_id AND r.feature_key = l.feature_key
-                               AND r.period = l.period
-                               AND r.window_start >= l.first_start AND r.window_end <= l.last_end) x
-                     GROUP BY 1, 2) wu) pk
+      LEFT JOIN totals t ON t.tenant_id = l.tenant_id AND t.feature_key = l.feature_key
+      LEFT JOIN peaks pk ON pk.tenant_id = l.tenant_id AND pk.feature_key = l.feature_key
+                        AND pk.period = l.period
      ORDER BY 1, 3, l.length, 9;
 END
 $$;
