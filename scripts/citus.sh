@@ -7,6 +7,11 @@
 #   bash scripts/citus.sh up      build and start; prints how to connect
 #   bash scripts/citus.sh down    stop the nodes and remove their directory
 #
+# CITUS_ASAN=1 builds usage_guard with AddressSanitizer for the nodes (the
+# ASan runtime preloaded into their postmasters, as scripts/sanitize.sh
+# does) and makes a report in usage_guard's code a failed check: the Citus
+# paths (src/citus.c, two-phase commit) run nowhere else.
+#
 # Citus is not a Debian package: it is built from the release tarball in
 # ../shared/deps (CITUS_TARBALL), never copied into this repository.  The
 # build is cached per tarball and PostgreSQL major version (CITUS_CACHE) and
@@ -21,11 +26,12 @@ CITUS_TARBALL=${CITUS_TARBALL:-$ROOT/../shared/deps/citus-13.2.2.tar.gz}
 CITUS_CACHE=${CITUS_CACHE:-/var/cache/usage_guard/citus}
 CITUS_DIR=${CITUS_DIR:-/tmp/usage_guard-citus}
 STAGE=$CITUS_DIR/stage
+EXTVERSION=$(sed -n "s/^default_version *= *'\(.*\)'.*/\1/p" "$ROOT/usage_guard.control")
 NODES=$CITUS_DIR/nodes
 # The Debian packages Citus's build needs (configured --without-libcurl)
 CITUS_BUILD_DEPS="liblz4-dev libzstd-dev libkrb5-dev libselinux1-dev libpam0g-dev libxslt1-dev libreadline-dev"
 
-usage() { sed -n '4,8p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '4,13p' "$0" | sed 's/^# \{0,1\}//'; }
 
 # The built Citus tree for this tarball and PostgreSQL major (cached)
 build_citus() {
@@ -68,10 +74,36 @@ PY
 }
 
 node_port() { cat "$NODES/n$1.port"; }
+# pg_ctl for node N (the ASan runtime in its environment under CITUS_ASAN)
+node_ctl() {
+    local n=$1
+    shift
+    as_owner env $(cat "$CITUS_DIR/node.env" 2>/dev/null) "$(cat "$CITUS_DIR/bindir")/pg_ctl" \
+        -D "$NODES/n$n" -l "$NODES/n$n.log" -w "$@" >/dev/null
+}
 psql_node() {
     local n=$1
     shift
     as_owner psql -X -q -v ON_ERROR_STOP=1 -h "$NODES" -p "$(node_port "$n")" -U postgres "$@"
+}
+
+# usage_guard built with AddressSanitizer into the stage (a copy of the
+# tree, the Makefile's own flags plus ASan's; no JIT bitcode, so JIT cannot
+# inline uninstrumented code), and the nodes' environment preloading the
+# runtime, logging to $CITUS_DIR/asan.
+build_asan() {
+    local build=$CITUS_DIR/build-asan cflags
+    cflags="$(printf 'ug-print-%%:\n\t@echo $($*)\n' |
+        make -s --no-print-directory -C "$ROOT" -f Makefile -f - ug-print-PG_CFLAGS) -fsanitize=address -fno-omit-frame-pointer -g -O1"
+    log "building usage_guard with AddressSanitizer in $build"
+    mkdir -p "$build" "$CITUS_DIR/asan"
+    tar -C "$ROOT" --exclude=.git --exclude='./results' --exclude='./tmp_*' --exclude='*.o' \
+        --exclude='*.so' --exclude='*.bc' -cf - . | tar -C "$build" -xf -
+    make -C "$build" -s with_llvm=no PG_CFLAGS="$cflags" LDFLAGS_SL="-fsanitize=address"
+    make -C "$build" -s with_llvm=no install DESTDIR="$STAGE" >/dev/null
+    rm -rf "$STAGE$(pg_config --pkglibdir)/bitcode/usage_guard" "$STAGE$(pg_config --pkglibdir)/bitcode/usage_guard.index.bc"
+    chown -R postgres: "$CITUS_DIR/asan" 2>/dev/null || true
+    echo "LD_PRELOAD=$(asan_preload "$CITUS_DIR/asan-preload" | tr ' ' ':') ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:log_path=$CITUS_DIR/asan/asan" >"$CITUS_DIR/node.env"
 }
 
 up() {
@@ -83,9 +115,14 @@ up() {
     chmod 755 "$CITUS_DIR"
     stage_postgres "$STAGE"
     make -C "$src" -s install DESTDIR="$STAGE" >/dev/null
-    make -C "$ROOT" -s install DESTDIR="$STAGE" >/dev/null
+    if [ -n "${CITUS_ASAN:-}" ]; then
+        build_asan
+    else
+        make -C "$ROOT" -s install DESTDIR="$STAGE" >/dev/null
+    fi
     chmod -R a+rX "$STAGE"
     bindir=$STAGE$(pg_config --bindir)
+    echo "$bindir" >"$CITUS_DIR/bindir"
     mkdir -p "$NODES"
     [ "$(id -u)" = 0 ] && chown -R postgres: "$NODES"
     for n in 0 1 2; do
@@ -102,13 +139,12 @@ wal_level = logical
 max_prepared_transactions = 20
 max_connections = 100
 CONF
-        as_owner "$bindir/pg_ctl" -D "$NODES/n$n" -l "$NODES/n$n.log" -w start >/dev/null
+        node_ctl "$n" start
         psql_node "$n" -d postgres -c 'CREATE EXTENSION citus'
     done
     psql_node 0 -d postgres -c "SELECT citus_set_coordinator_host('127.0.0.1', $(node_port 0))" \
         -c "SELECT citus_add_node('127.0.0.1', $(node_port 1))" \
         -c "SELECT citus_add_node('127.0.0.1', $(node_port 2))" >/dev/null
-    echo "$bindir" >"$CITUS_DIR/bindir"
     log "Citus cluster up: coordinator psql -h $NODES -p $(node_port 0) -U postgres; workers on $(node_port 1), $(node_port 2)"
 }
 
@@ -136,6 +172,7 @@ check() {
     fi
 }
 q() { psql_node "$1" -d postgres -At -c "$2"; }
+q_as() { as_owner psql -X -q -v ON_ERROR_STOP=1 -h "$NODES" -p "$(node_port "$2")" -U "$1" -d postgres -At -c "$3"; }
 
 # pgbench through the coordinator (its exit status ignored: a worker's
 # restart aborts clients, which is the point of one phase)
@@ -185,19 +222,42 @@ SQL
 hot_port() {
     q 0 "SELECT nodeport FROM pg_dist_placement JOIN pg_dist_node USING (groupid) WHERE shardid = get_shard_id_for_distribution_column('usage_guard.usage_events', 'hot')"
 }
+# the node number (1 or 2) of the hot tenant's worker
+hot_node() {
+    local n port
+    port=$(hot_port)
+    for n in 1 2; do [ "$(node_port "$n")" = "$port" ] && echo "$n"; done
+}
 
 test_cluster() {
     local got before other moved_to ports n
     up
     [ -n "${CITUS_KEEP:-}" ] || trap down_quiet EXIT
     : >"$CITUS_DIR/pgbench.log"
-    psql_node 0 -d postgres -c 'CREATE EXTENSION usage_guard'
-    # CREATE EXTENSION on the coordinator runs on every worker too
+    # the last release before distribute(), then ALTER EXTENSION UPDATE: the
+    # coordinator's CREATE and ALTER EXTENSION run on every worker too
+    psql_node 0 -d postgres -c "CREATE EXTENSION usage_guard VERSION '0.8.0'" -c 'ALTER EXTENSION usage_guard UPDATE'
     for n in 1 2; do
-        check "usage_guard is installed on worker $n by the coordinator's CREATE EXTENSION" \
-            "$(q "$n" "SELECT extversion FROM pg_extension WHERE extname = 'usage_guard'")" \
-            "$(q 0 "SELECT extversion FROM pg_extension WHERE extname = 'usage_guard'")"
+        check "usage_guard 0.8.0 created and updated on the coordinator is at $EXTVERSION on worker $n" \
+            "$(q "$n" "SELECT extversion FROM pg_extension WHERE extname = 'usage_guard'")" "$EXTVERSION"
     done
+
+    # refusals, each changing nothing: a unique index without tenant_id, and
+    # a worker that does not preload usage_guard
+    q 0 "CREATE UNIQUE INDEX not_by_tenant ON usage_guard.usage_events (event_id)" >/dev/null
+    got=$(psql_node 0 -d postgres -At -c "SELECT * FROM usage_guard.distribute()" 2>&1 || true)
+    check "distribute() refuses a unique index without tenant_id" \
+        "$(grep -c 'not_by_tenant does not include tenant_id' <<<"$got")" 1
+    q 0 "DROP INDEX usage_guard.not_by_tenant" >/dev/null
+    q 2 "ALTER SYSTEM SET shared_preload_libraries = 'citus'" >/dev/null
+    node_ctl 2 -m fast restart
+    got=$(psql_node 0 -d postgres -At -c "SELECT * FROM usage_guard.distribute()" 2>&1 || true)
+    check "distribute() refuses a worker that does not preload usage_guard, naming it" \
+        "$(grep -c "not loaded by shared_preload_libraries on 127.0.0.1:$(node_port 2)" <<<"$got")" 1
+    q 2 "ALTER SYSTEM RESET shared_preload_libraries" >/dev/null
+    node_ctl 2 -m fast restart
+    check "the refused distribute() calls distributed nothing" \
+        "$(q 0 "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::text LIKE 'usage_guard.%'")" 0
     check "distribute() makes 9 reference tables, 4 distributed tables and delegates 14 functions" \
         "$(q 0 "SELECT string_agg(n::text, ',' ORDER BY k) FROM (SELECT left(distributed_as, 9) k, count(*) n FROM usage_guard.distribute() WHERE action = 'created' GROUP BY 1) s")" \
         "14,4,9"
@@ -215,7 +275,7 @@ INSERT INTO usage_guard.plans (plan_code) VALUES ('p');
 INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, hard_limit)
 VALUES ('p', 'calls', 'day', 200), ('p', 'tokens', 'month', 1e12);
 INSERT INTO usage_guard.tenant_subscriptions (tenant_id, plan_code)
-SELECT 't' || i, 'p' FROM generate_series(1, 20) i UNION ALL SELECT 'hot', 'p';
+SELECT 't' || i, 'p' FROM generate_series(1, 20) i UNION ALL SELECT 'hot', 'p' UNION ALL SELECT repeat('t', 255), 'p';
 INSERT INTO usage_guard.subjects (tenant_id, subject_id, level, parent_id)
 VALUES ('hot', 'team-a', 'team', NULL), ('hot', 'key-1', 'api_key', 'team-a');
 INSERT INTO usage_guard.subject_limits (plan_code, level, limit_kind, feature_key, period, hard_limit)
@@ -223,6 +283,35 @@ VALUES ('p', 'api_key', 'quota', 'tokens', 'day', 1000);
 SQL
     check "the catalog's foreign keys hold on the reference tables" \
         "$(psql_node 0 -d postgres -At -c "INSERT INTO usage_guard.plan_features (plan_code, feature_key, period, hard_limit) VALUES ('nope', 'calls', 'day', 1)" 2>&1 | grep -c 'violates foreign key')" 1
+    # the application's grants only (README, Security): roles and grants on
+    # the coordinator reach the workers, where the delegated calls run as it
+    q 0 "CREATE ROLE app LOGIN; GRANT usage_guard_application TO app" >/dev/null
+    check "the application role's consume through the coordinator is delegated and allowed" \
+        "$(q_as app 0 "SELECT allowed FROM usage_guard.usage_consume('t1', 'calls', 1)")" t
+    got=$(q_as app 0 "SELECT count(*) FROM usage_guard.usage_events" 2>&1 || true)
+    got+=$'\n'$(q_as app 0 "DELETE FROM usage_guard.usage_events" 2>&1 || true)
+    check "the application role can neither read nor delete the distributed ledger" \
+        "$(grep -c 'permission denied for table usage_events' <<<"$got")" 2
+    # names at the 255-byte limit through delegation, and one byte past it
+    check "a 255-byte tenant id is decided on its worker through the coordinator" \
+        "$(q_as app 0 "SELECT allowed FROM usage_guard.usage_consume(repeat('t', 255), 'calls', 1)")/$(q 0 "SELECT count(*) FROM usage_guard.usage_events WHERE tenant_id = repeat('t', 255)")" "t/1"
+    got=$(q_as app 0 "SELECT usage_guard.usage_consume(repeat('t', 256), 'calls', 1)" 2>&1 || true)
+    check "a 256-byte tenant id is refused through the coordinator, nothing written" \
+        "$(grep -c 'tenant_id is too long' <<<"$got")/$(q 0 "SELECT count(*) FROM usage_guard.usage_events WHERE length(tenant_id) > 255")" "1/0"
+    # row-level security on the distributed ledger: a tenant's reader sees
+    # its own rows; decisions (and the counters the restart below reloads)
+    # still count every row
+    psql_node 0 -d postgres -q <<'SQL'
+CREATE ROLE t1 LOGIN;
+GRANT usage_guard_reader TO t1;
+ALTER TABLE usage_guard.usage_events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_rows ON usage_guard.usage_events TO t1 USING (tenant_id = current_user);
+SQL
+    got=$(q_as app 0 "SELECT usage_guard.usage_consume('t2', 'calls', 1)" 2>&1 || true)
+    check "row-level security on the distributed ledger without a policy for the application refuses its consume, nothing written" \
+        "$(grep -c 'row-level security on usage_guard.usage_events does not let role "app"' <<<"$got")/$(q 0 "SELECT count(*) FROM usage_guard.usage_events WHERE tenant_id = 't2'")" "1/0"
+    check "row-level security on the distributed ledger: a tenant's reader sees only its own usage (own/other)" \
+        "$(q_as t1 0 "SELECT (SELECT total FROM usage_guard.get_usage_totals('t1', now() - interval '1 day', now() + interval '1 day', '{calls}')) || '/' || (SELECT count(*) FROM usage_guard.usage_events WHERE tenant_id <> 't1')")" "1/0"
     check "tenants live on both workers" \
         "$(q 0 "SELECT count(DISTINCT nodeport) FROM usage_guard.tenant_subscriptions s, pg_dist_placement p JOIN pg_dist_node USING (groupid) WHERE p.shardid = get_shard_id_for_distribution_column('usage_guard.usage_events', s.tenant_id)")" 2
     # delegation: one task, on the tenant's worker, and nothing decided here
@@ -289,7 +378,7 @@ SQL
     for n in 1 2; do [ "$(node_port $n)" = "$moved_to" ] && break; done
     load 6 "${scripts[@]}" &
     sleep 2
-    as_owner "$(cat "$CITUS_DIR/bindir")/pg_ctl" -D "$NODES/n$n" -m immediate -w restart -l "$NODES/n$n.log" >/dev/null
+    node_ctl "$n" -m immediate restart
     wait
     # two-phase batches the restart left prepared are committed by Citus's
     # recovery (every minute): now, so that the ledger is settled
@@ -320,6 +409,29 @@ SQL
            q 0 "SELECT (SELECT sum(total) FROM usage_guard.usage_daily) = (SELECT sum(amount) FROM usage_guard.usage_events)")" t
     check "metrics() answers per node (a worker's counters)" \
         "$(q "$n" "SELECT count(*) > 0 FROM usage_guard.metrics()")" t
+    # a reservation left open past its ttl, expired from the coordinator
+    # (a pg_cron job there): each worker gives back its own tenants'
+    # estimates, in its own counters
+    psql_node 0 -d postgres -q <<'SQL'
+INSERT INTO usage_guard.features (feature_key) VALUES ('cost_usd');
+INSERT INTO usage_guard.models (model, provider) VALUES ('haiku', 'anthropic');
+INSERT INTO usage_guard.model_prices (model, effective_from, input_per_million, output_per_million)
+VALUES ('haiku', '2025-01-01 00:00+00', 1, 5);
+SQL
+    n=$(hot_node)
+    local tokens_now="SELECT usage FROM usage_guard.live_counters() WHERE tenant_id = 'hot' AND feature_key = 'tokens' AND subject_id IS NULL AND now() >= window_start AND now() < window_end"
+    before=$(q "$n" "$tokens_now")
+    check "admit through the coordinator counts its estimate on the hot tenant's worker" \
+        "$(q 0 "SELECT allowed FROM usage_guard.admit('hot', 'key-1', 'haiku', 100, 100, ttl => '1 second')")/$(q "$n" "SELECT ($tokens_now) - $before")" "t/200"
+    sleep 1.2
+    check "expire_reservations() on the coordinator gives it back on the worker (expired/state/tokens)" \
+        "$(q 0 "SELECT usage_guard.expire_reservations()")/$(q 0 "SELECT string_agg(state, ',') FROM usage_guard.reservations")/$(q "$n" "SELECT ($tokens_now) - $before")" "1/expired/0"
+    # lease rows that ended are purged from the coordinator (pg_cron there)
+    q 0 "SELECT lease_id FROM usage_guard.lease_acquire('hot', 'key-1', '1 second')" >/dev/null
+    sleep 1.2
+    check "purge_leases() on the coordinator deletes the ended lease rows on the workers (ended/purged/left)" \
+        "$(q 0 "SELECT count(*) FROM usage_guard.leases WHERE coalesce(least(released_at, expires_at), expires_at) < now()")/$(q 0 "SELECT usage_guard.purge_leases('0 seconds')")/$(q 0 "SELECT count(*) FROM usage_guard.leases")" "3/3/0"
+    check "every worker's live counters equal the ledger after the expiry" "$(counters_off_ledger)" "0/true"
     # the limit reports: limits from the reference tables on the
     # coordinator, ledger sums pushed down to the workers
     check "usage_status on the coordinator shows the hot tenant at its hard limit" \
@@ -329,16 +441,16 @@ SQL
                      l AS (SELECT tenant_id, feature_key, sum(amount) s FROM usage_guard.usage_events
                             WHERE occurred_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' GROUP BY 1, 2)
                 SELECT count(*) || '/' || count(*) FILTER (WHERE v.period = 'day' AND v.usage <> coalesce(l.s, 0))
-                  FROM v LEFT JOIN l USING (tenant_id, feature_key)")" "42/0"
+                  FROM v LEFT JOIN l USING (tenant_id, feature_key)")" "44/0"
     check "usage_report on the coordinator equals the ledger for every tenant and feature (rows/differing)" \
         "$(q 0 "WITH r AS (SELECT * FROM usage_guard.usage_report(period_start => now() - interval '1 day', period_end => now() + interval '1 day')),
                      l AS (SELECT tenant_id, feature_key, sum(amount) s, count(*) n FROM usage_guard.usage_events GROUP BY 1, 2)
                 SELECT count(*) || '/' || count(*) FILTER (WHERE r.usage <> coalesce(l.s, 0) OR r.events <> coalesce(l.n, 0))
-                  FROM r LEFT JOIN l USING (tenant_id, feature_key)")" "42/0"
+                  FROM r LEFT JOIN l USING (tenant_id, feature_key)")" "44/0"
     check "usage_report for one tenant on the coordinator judges its day window at the hard limit" \
         "$(q 0 "SELECT peak_usage || '/' || windows_at_hard || '/' || status FROM usage_guard.usage_report('hot', period_start => now() - interval '1 hour', period_end => now() + interval '1 hour') WHERE feature_key = 'calls'")" "800/1/hard_limit"
     check "usage_report_json on the coordinator has a row per tenant and limit" \
-        "$(q 0 "SELECT jsonb_array_length(usage_guard.usage_report_json(period_start => now() - interval '1 day', period_end => now() + interval '1 day') -> 'rows')")" 42
+        "$(q 0 "SELECT jsonb_array_length(usage_guard.usage_report_json(period_start => now() - interval '1 day', period_end => now() + interval '1 day') -> 'rows')")" 44
     # an admin reset through the coordinator: a row of usage_resets on the
     # tenant's worker, which its counters count
     check "reset_usage on the coordinator gives back the hot tenant's day" \
@@ -350,6 +462,12 @@ SQL
     log "pgbench output: $CITUS_DIR/pgbench.log ($(grep -c '^number of transactions actually processed' "$CITUS_DIR/pgbench.log") runs)"
     if [ -n "${CITUS_BENCH:-}" ]; then
         bench_cluster "$CITUS_BENCH"
+    fi
+    if [ -n "${CITUS_ASAN:-}" ]; then
+        check "the nodes run usage_guard under AddressSanitizer" \
+            "$(grep -c libasan "/proc/$(head -n1 "$NODES/n1/postmaster.pid")/maps" | sed 's/^0$/no/; s/^[1-9][0-9]*$/yes/')" yes
+        check "no AddressSanitizer report in usage_guard's code (reports: $CITUS_DIR/asan)" \
+            "$(cat "$CITUS_DIR"/asan/asan.* 2>/dev/null | grep -cE "usage_guard\.so|(^|[ /(])src/[a-z_]+\.c:" || true)" 0
     fi
     echo "1..$ntests"
     [ "$nfailed" = 0 ] || { log "$nfailed of $ntests Citus checks failed"; exit 1; }

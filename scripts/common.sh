@@ -148,3 +148,34 @@ stop_cluster() {
     local dir=$1
     [ -f "$dir/data/postmaster.pid" ] && as_owner pg_ctl -D "$dir/data" -m fast -w stop >/dev/null || true
 }
+
+# asan_preload DIR: the LD_PRELOAD list for the servers, printed.
+# libasan must come first.  The second library works around a start-up hang
+# of an uninstrumented postgres under a preloaded ASan runtime: the runtime
+# initialises lazily, on the first malloc, which here happens inside
+# bindtextdomain() called by libgpg-error's constructor (postgres ->
+# libsystemd -> libgcrypt -> libgpg-error) while glibc holds _nl_state_lock
+# for writing; the runtime then looks up swift_demangle with dlsym, and the
+# dlerror() after the failed lookup translates its message with dcgettext,
+# which takes the same lock, releases it, and leaves it corrupted: the next
+# bindtextdomain (postgres' own) waits forever.  A stub swift_demangle makes
+# the lookup succeed, so nothing is translated.  The stub returns NULL: the
+# runtime then demangles as if it were absent.
+asan_preload() {
+    local dir=$1 libasan
+    libasan=$(readlink -f "$(gcc -print-file-name=libasan.so)")
+    [ -f "$libasan" ] || { log "libasan not found (gcc -print-file-name=libasan.so)"; return 1; }
+    mkdir -p "$dir"
+    cat >"$dir/swift_demangle_stub.c" <<'C'
+#include <stddef.h>
+char *swift_demangle(const char *name, size_t len, char *out, size_t *outlen, unsigned flags);
+char *
+swift_demangle(const char *name, size_t len, char *out, size_t *outlen, unsigned flags)
+{
+	return NULL;
+}
+C
+    gcc -shared -fPIC -nostdlib -o "$dir/libswift_demangle_stub.so" "$dir/swift_demangle_stub.c"
+    chmod -R a+rX "$dir"
+    echo "$libasan $dir/libswift_demangle_stub.so"
+}

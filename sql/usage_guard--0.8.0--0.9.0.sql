@@ -1,5 +1,5 @@
 -- usage_guard 0.8.0 -> 0.9.0: scale-out on Citus: usage_guard.distribute(),
--- and reports that Citus can plan over a distributed ledger.
+-- and reports and maintenance that work on a distributed ledger.
 -- (Two-phase commit and the per-node counters of a distributed ledger are
 -- in the library: no object changes for them.)
 -- Every change here is also in sql/src, which holds the current definition
@@ -154,6 +154,34 @@ $$;
 COMMENT ON FUNCTION usage_guard.distribute(integer) IS
     'Citus: distribute usage_guard (tenant tables by tenant_id, catalog as reference tables, decision functions delegated by tenant); idempotent; run on the coordinator';
 REVOKE ALL ON FUNCTION usage_guard.distribute(integer) FROM PUBLIC;
+
+--------------------------------------------------------------------------
+-- Maintenance on a distributed install (sql/src/gateway.sql): purge_leases
+-- in PL/pgSQL (same result); expire_reservations changed in the library
+-- only (each node expires its own tenants', the coordinator has every
+-- worker do so).
+--------------------------------------------------------------------------
+
+-- Leases that ended (released or expired) more than `keep` ago are only
+-- history; lease counting never reads them, but they take space.
+-- PL/pgSQL: Citus cannot plan a SQL function's parameters, and on a
+-- distributed install this runs on the coordinator (a pg_cron job there).
+CREATE OR REPLACE FUNCTION usage_guard.purge_leases(keep interval DEFAULT '1 day')
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p_keep ALIAS FOR $1;
+    n bigint;
+BEGIN
+    DELETE FROM usage_guard.leases l
+     WHERE coalesce(least(l.released_at, l.expires_at), l.expires_at) < now() - p_keep;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
 
 --------------------------------------------------------------------------
 -- Reports over a distributed ledger (sql/src/reports.sql): the limits come

@@ -28,6 +28,7 @@
 #include "catalog/objectaccess.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_namespace.h"
+#include "catalog/pg_type.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/hsearch.h"
@@ -163,6 +164,80 @@ RequireTenantCountedHere(const char *tenant_id)
 						tenant_id),
 				 errdetail("The ledger is distributed by Citus; this node's counters do not see the tenant's rows, so a consume decided here could pass a hard limit."),
 				 errhint("Call the decision function on its own, with the tenant as a constant or a parameter (SELECT * FROM usage_guard.usage_consume($1, ...)), so that Citus delegates it to the tenant's node.")));
+}
+
+/* Is this node the Citus coordinator (of a distributed ledger)? */
+bool
+CitusIsCoordinator(void)
+{
+	static CachedQuery coordinator_query = {
+		"SELECT pg_catalog.citus_is_coordinator()", 0, {InvalidOid}
+	};
+	InternalContext ctx;
+	bool		isnull;
+	bool		result;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "usage_guard: SPI_connect failed");
+	BeginInternal(&ctx, true);
+	RunQuery(&coordinator_query, NULL, NULL, true, 1);
+	result = SPI_processed == 1 && DatumGetBool(ResultDatum(0, 1, &isnull)) && !isnull;
+	EndInternal(&ctx);
+	SPI_finish();
+	return result;
+}
+
+/*
+ * expire_reservations(at) on every worker, each for the tenants it holds
+ * (their counters are there); returns how many they gave back.  Each worker
+ * runs it in its own transaction (run_command_on_workers), committed when it
+ * returns.  `at` travels as an ISO 8601 literal in UTC, which every
+ * DateStyle reads the same way.
+ */
+int64
+ExpireReservationsOnWorkers(TimestampTz at)
+{
+	static CachedQuery on_workers_query = {
+		"SELECT w.nodename || ':' || w.nodeport, w.success, w.result"
+		"  FROM pg_catalog.run_command_on_workers(pg_catalog.format("
+		"         'SELECT usage_guard.expire_reservations(%L::timestamptz)',"
+		"         CASE WHEN pg_catalog.isfinite($1)"
+		"              THEN pg_catalog.to_char($1 AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+		"              ELSE $1::text END)) w",
+		1, {TIMESTAMPTZOID}
+	};
+	InternalContext ctx;
+	Datum		values[1] = {TimestampTzGetDatum(at)};
+	int64		total = 0;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "usage_guard: SPI_connect failed");
+	BeginInternal(&ctx, true);
+	RunQuery(&on_workers_query, values, NULL, false, 0);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		char	   *node = ResultText(i, 1, &isnull);
+		bool		ok = DatumGetBool(ResultDatum(i, 2, &isnull)) && !isnull;
+		char	   *result = ResultText(i, 3, &isnull);
+		char	   *end;
+		long long	count;
+
+		if (!ok || result == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("expire_reservations() failed on worker %s", node),
+					 errdetail("%s", result ? result : "no result")));
+		errno = 0;
+		count = strtoll(result, &end, 10);
+		if (errno != 0 || *end != '\0' || count < 0)
+			elog(ERROR, "usage_guard: unexpected result \"%s\" of expire_reservations() on worker %s",
+				 result, node);
+		total += count;
+	}
+	EndInternal(&ctx);
+	SPI_finish();
+	return total;
 }
 
 /*

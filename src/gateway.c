@@ -122,6 +122,17 @@ static CachedQuery expired_query = {
 	1, {TIMESTAMPTZOID}
 };
 
+/*
+ * The same on a distributed ledger, unlocked: Citus locks rows only by a
+ * tenant (each reservation is then locked by LockReservation, and skipped
+ * unless still open)
+ */
+static CachedQuery expired_distributed_query = {
+	"SELECT tenant_id, reservation_id FROM usage_guard.reservations"
+	" WHERE state = 'open' AND expires_at <= $1 ORDER BY expires_at",
+	1, {TIMESTAMPTZOID}
+};
+
 /* Columns of usage_guard.admission and usage_guard.settlement */
 #define ADMISSION_COLUMNS 24
 #define SETTLEMENT_COLUMNS 11
@@ -1153,16 +1164,19 @@ usage_guard_expire_reservations(PG_FUNCTION_ARGS)
 	TimestampTz at = RequiredTime(fcinfo, 0, "at");
 	InternalContext ctx;
 	int64		n;
+	int64		released = 0;
+	bool		distributed;
 	char	  **tenants;
 	Datum	   *ids;
 
 	RequireWritable("expire_reservations()");
 	SPI_connect();
 	BeginInternal(&ctx, true);
+	distributed = RelationIsDistributed(LedgerRelid());
 	{
 		Datum		values[1] = {TimestampTzGetDatum(at)};
 
-		RunQuery(&expired_query, values, NULL, false, 0);
+		RunQuery(distributed ? &expired_distributed_query : &expired_query, values, NULL, false, 0);
 	}
 	n = SPI_processed;
 	tenants = palloc(sizeof(char *) * Max(n, 1));
@@ -1178,15 +1192,27 @@ usage_guard_expire_reservations(PG_FUNCTION_ARGS)
 	{
 		Reservation res;
 
+		/*
+		 * An estimate is given back in the counters of the tenant's node: on
+		 * a distributed ledger each node expires its own tenants' only
+		 */
+		if (distributed && !TenantCountedHere(tenants[i]))
+			continue;
 		memset(&res, 0, sizeof(res));
 		res.tenant_id = tenants[i];
 		res.id = ids[i];
 		LockReservation(&res);
 		if (strcmp(res.state, "open") == 0)
+		{
 			ReleaseReservation(&res, "expired");
+			released++;
+		}
 	}
 	EndInternal(&ctx);
 	SPI_finish();
-	MetricsCountReservation("expired", n);
-	PG_RETURN_INT64(n);
+	MetricsCountReservation("expired", released);
+	/* the coordinator holds no tenant: it has every worker expire its own */
+	if (distributed && CitusIsCoordinator())
+		released += ExpireReservationsOnWorkers(at);
+	PG_RETURN_INT64(released);
 }

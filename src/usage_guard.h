@@ -279,6 +279,8 @@ extern void CitusInit(void);
 extern bool RelationIsDistributed(Oid relid);
 extern bool TenantCountedHere(const char *tenant_id);
 extern void RequireTenantCountedHere(const char *tenant_id);
+extern bool CitusIsCoordinator(void);
+extern int64 ExpireReservationsOnWorkers(TimestampTz at);
 
 /* ledger.c */
 extern Amount LedgerWindowSum(const char *tenant_id, const char *subject_id,

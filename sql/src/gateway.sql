@@ -220,18 +220,24 @@ COMMENT ON TABLE usage_guard.leases IS
 
 -- Leases that ended (released or expired) more than `keep` ago are only
 -- history; lease counting never reads them, but they take space.
+-- PL/pgSQL: Citus cannot plan a SQL function's parameters, and on a
+-- distributed install this runs on the coordinator (a pg_cron job there).
 CREATE FUNCTION usage_guard.purge_leases(keep interval DEFAULT '1 day')
 RETURNS bigint
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-BEGIN ATOMIC
-    WITH gone AS (
-        DELETE FROM usage_guard.leases
-         WHERE coalesce(least(released_at, expires_at), expires_at) < now() - keep
-        RETURNING 1)
-    SELECT count(*) FROM gone;
-END;
+AS $$
+DECLARE
+    p_keep ALIAS FOR $1;
+    n bigint;
+BEGIN
+    DELETE FROM usage_guard.leases l
+     WHERE coalesce(least(l.released_at, l.expires_at), l.expires_at) < now() - p_keep;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
 COMMENT ON FUNCTION usage_guard.purge_leases(interval) IS
     'Deletes lease rows that ended (released or expired) more than keep ago; returns how many rows went. Schedule it with pg_cron next to refresh_rollups';
 
