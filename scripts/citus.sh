@@ -258,11 +258,11 @@ test_cluster() {
     node_ctl 2 -m fast restart
     check "the refused distribute() calls distributed nothing" \
         "$(q 0 "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::text LIKE 'usage_guard.%'")" 0
-    check "distribute() makes 9 reference tables, 4 distributed tables and delegates 14 functions" \
+    check "distribute() makes 9 reference tables, 4 distributed tables, delegates 14 functions and gives each node its id range" \
         "$(q 0 "SELECT string_agg(n::text, ',' ORDER BY k) FROM (SELECT left(distributed_as, 9) k, count(*) n FROM usage_guard.distribute() WHERE action = 'created' GROUP BY 1) s")" \
-        "14,4,9"
+        "14,4,1,9"
     check "distribute() again changes nothing" \
-        "$(q 0 "SELECT count(*) FILTER (WHERE action <> 'already') || '/' || count(*) FROM usage_guard.distribute()")" "0/27"
+        "$(q 0 "SELECT count(*) FILTER (WHERE action <> 'already') || '/' || count(*) FROM usage_guard.distribute()")" "0/28"
     check "the ledger has 32 shards, on both workers" \
         "$(q 0 "SELECT count(DISTINCT shardid) || '/' || count(DISTINCT nodeport) FROM pg_dist_shard JOIN pg_dist_placement USING (shardid) JOIN pg_dist_node USING (groupid) WHERE logicalrelid = 'usage_guard.usage_events'::regclass")" \
         "32/2"
@@ -355,6 +355,8 @@ SQL
     check "every worker's live counters equal the ledger (mismatches/any)" "$(counters_off_ledger)" "0/true"
     check "two-phase batches were recorded (rows through the coordinator)" \
         "$(q 0 "SELECT count(*) > 0 AND count(*) % 20 = 0 FROM usage_guard.usage_events WHERE feature_key = 'tokens' AND kind = 'record'")" t
+    check "ledger ids are unique across the nodes that wrote them (rows/distinct ids, events and resets)" \
+        "$(q 0 "SELECT (SELECT count(*) = count(DISTINCT event_id) FROM usage_guard.usage_events) AND (SELECT count(*) FILTER (WHERE event_id > 1::bigint << 48) > 0 FROM usage_guard.usage_events)")" t
     check "nothing was written into the coordinator's shell relations" \
         "$(q 0 "SELECT pg_relation_size('usage_guard.usage_events') + pg_relation_size('usage_guard.usage_resets')")" 0
 
@@ -459,6 +461,8 @@ SQL
     check "after the reset 6 sessions on the hot tenant alone stop it exactly at its limit again" \
         "$(q 0 "SELECT usage FROM usage_guard.usage_status('hot') WHERE feature_key = 'calls'")" 800
     check "every worker's live counters equal the ledger with its resets" "$(counters_off_ledger)" "0/true"
+    check "ledger ids are still unique across the nodes at the end (events, resets)" \
+        "$(q 0 "SELECT (SELECT count(*) = count(DISTINCT event_id) FROM usage_guard.usage_events) AND (SELECT count(*) = count(DISTINCT reset_id) FROM usage_guard.usage_resets)")" t
     log "pgbench output: $CITUS_DIR/pgbench.log ($(grep -c '^number of transactions actually processed' "$CITUS_DIR/pgbench.log") runs)"
     if [ -n "${CITUS_BENCH:-}" ]; then
         bench_cluster "$CITUS_BENCH"

@@ -38,6 +38,20 @@ DECLARE
     missing text;
     keys text[] := '{}';
     fk record;
+    changed bigint;
+    -- how many of this node's two ledger sequences it moved to its range
+    id_ranges CONSTANT text := $q$
+        SELECT count(*) FILTER (WHERE pg_catalog.setval(s.seq, s.lo, false) IS NOT NULL)
+          FROM (SELECT q.seq, q.next, (g.groupid::bigint << 48) + 1 AS lo
+                  FROM (SELECT 'usage_guard.usage_events_event_id_seq'::pg_catalog.regclass AS seq,
+                               CASE WHEN is_called THEN last_value + 1 ELSE last_value END AS next
+                          FROM usage_guard.usage_events_event_id_seq
+                        UNION ALL
+                        SELECT 'usage_guard.usage_resets_reset_id_seq'::pg_catalog.regclass,
+                               CASE WHEN is_called THEN last_value + 1 ELSE last_value END
+                          FROM usage_guard.usage_resets_reset_id_seq) q,
+                       pg_catalog.pg_dist_local_group g) s
+         WHERE s.next < s.lo$q$;
 BEGIN
     IF shard_count IS NOT NULL AND shard_count NOT BETWEEN 1 AND 64000 THEN
         RAISE EXCEPTION 'shard_count must be between 1 and 64000'
@@ -135,6 +149,24 @@ BEGIN
         END IF;
         RETURN NEXT;
     END LOOP;
+
+    -- The ledger's ids (event_id, reset_id) come from each node's own
+    -- sequence: a worker writes the rows of the calls delegated to it.  As
+    -- Citus does for sequences on workers, node group g takes ids from
+    -- (g << 48) + 1 up (the coordinator, group 0, keeps its own), so ids are
+    -- unique across the cluster; a node already past its start is left.
+    object := 'usage_guard.usage_events_event_id_seq, usage_guard.usage_resets_reset_id_seq';
+    distributed_as := 'ids from (node group << 48) + 1 on each node';
+    EXECUTE id_ranges INTO changed;
+    FOR node IN SELECT * FROM run_command_on_workers(id_ranges) LOOP
+        IF NOT node.success THEN
+            RAISE EXCEPTION 'could not set the ledger''s id range on %:%', node.nodename, node.nodeport
+                USING ERRCODE = '55000', DETAIL = node.result;
+        END IF;
+        changed := changed + node.result::bigint;
+    END LOOP;
+    action := CASE WHEN changed > 0 THEN 'created' ELSE 'already' END;
+    RETURN NEXT;
 
     FOR fn IN
         SELECT p.oid::regprocedure FROM pg_proc p
