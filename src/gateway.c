@@ -1170,9 +1170,12 @@ usage_guard_expire_reservations(PG_FUNCTION_ARGS)
 	Datum	   *ids;
 
 	RequireWritable("expire_reservations()");
+	distributed = RelationIsDistributed(LedgerRelid());
+	/* the coordinator holds no tenant: it has every worker expire its own */
+	if (distributed && CitusIsCoordinator())
+		PG_RETURN_INT64(ExpireReservationsOnWorkers(at));
 	SPI_connect();
 	BeginInternal(&ctx, true);
-	distributed = RelationIsDistributed(LedgerRelid());
 	{
 		Datum		values[1] = {TimestampTzGetDatum(at)};
 
@@ -1211,8 +1214,5 @@ usage_guard_expire_reservations(PG_FUNCTION_ARGS)
 	EndInternal(&ctx);
 	SPI_finish();
 	MetricsCountReservation("expired", released);
-	/* the coordinator holds no tenant: it has every worker expire its own */
-	if (distributed && CitusIsCoordinator())
-		released += ExpireReservationsOnWorkers(at);
 	PG_RETURN_INT64(released);
 }
