@@ -92,16 +92,9 @@ psql_node() {
 # inline uninstrumented code), and the nodes' environment preloading the
 # runtime, logging to $CITUS_DIR/asan.
 build_asan() {
-    local build=$CITUS_DIR/build-asan cflags
-    cflags="$(printf 'ug-print-%%:\n\t@echo $($*)\n' |
-        make -s --no-print-directory -C "$ROOT" -f Makefile -f - ug-print-PG_CFLAGS) -fsanitize=address -fno-omit-frame-pointer -g -O1"
-    log "building usage_guard with AddressSanitizer in $build"
-    mkdir -p "$build" "$CITUS_DIR/asan"
-    tar -C "$ROOT" --exclude=.git --exclude='./results' --exclude='./tmp_*' --exclude='*.o' \
-        --exclude='*.so' --exclude='*.bc' -cf - . | tar -C "$build" -xf -
-    make -C "$build" -s with_llvm=no PG_CFLAGS="$cflags" LDFLAGS_SL="-fsanitize=address"
-    make -C "$build" -s with_llvm=no install DESTDIR="$STAGE" >/dev/null
-    rm -rf "$STAGE$(pg_config --pkglibdir)/bitcode/usage_guard" "$STAGE$(pg_config --pkglibdir)/bitcode/usage_guard.index.bc"
+    mkdir -p "$CITUS_DIR/asan"
+    build_variant "$CITUS_DIR/build-asan" "$STAGE" \
+        "$(makefile_cflags) -fsanitize=address -fno-omit-frame-pointer -g -O1" "-fsanitize=address"
     chown -R postgres: "$CITUS_DIR/asan" 2>/dev/null || true
     echo "LD_PRELOAD=$(asan_preload "$CITUS_DIR/asan-preload" | tr ' ' ':') ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:log_path=$CITUS_DIR/asan/asan" >"$CITUS_DIR/node.env"
 }

@@ -179,3 +179,28 @@ C
     chmod -R a+rX "$dir"
     echo "$libasan $dir/libswift_demangle_stub.so"
 }
+
+# The Makefile's PG_CFLAGS (its warning flags), printed: what an
+# instrumented build adds its own flags to.
+makefile_cflags() {
+    printf 'ug-print-%%:\n\t@echo $($*)\n' |
+        make -s --no-print-directory -C "$ROOT" -f Makefile -f - ug-print-PG_CFLAGS
+}
+
+# build_variant DIR STAGE CFLAGS LDFLAGS_SL: build a copy of the tree in DIR
+# with these flags (scripts/sanitize.sh, CITUS_ASAN in scripts/citus.sh) and
+# install it into STAGE.  with_llvm=no: no JIT bitcode, and the staged
+# bitcode of usage_guard is removed so JIT cannot inline uninstrumented code.
+build_variant() {
+    local dir=$1 stage=$2 cflags=$3 ldflags=$4 pkglibdir
+    pkglibdir=$(pg_config --pkglibdir)
+    log "building usage_guard in $dir: PG_CFLAGS=\"$cflags\" LDFLAGS_SL=\"$ldflags\""
+    rm -rf "$dir"; mkdir -p "$dir"
+    tar -C "$ROOT" --exclude=.git --exclude='./results' --exclude='./tmp_*' \
+        --exclude='./output_iso' --exclude='./log' --exclude='*.o' --exclude='*.so' \
+        --exclude='*.bc' -cf - . | tar -C "$dir" -xf -
+    make -C "$dir" -s clean >/dev/null
+    make -C "$dir" -s with_llvm=no PG_CFLAGS="$cflags" LDFLAGS_SL="$ldflags"
+    make -C "$dir" -s with_llvm=no install DESTDIR="$stage" >/dev/null
+    rm -rf "$stage$pkglibdir/bitcode/usage_guard" "$stage$pkglibdir/bitcode/usage_guard.index.bc"
+}

@@ -72,8 +72,7 @@ PKGLIBDIR=$(pg_config --pkglibdir)
 SHAREDIR=$(pg_config --sharedir)
 
 # The Makefile's own warning flags, so the instrumented build sees the same.
-BASE_CFLAGS=$(printf 'ug-print-%%:\n\t@echo $($*)\n' |
-    make -s --no-print-directory -C "$ROOT" -f Makefile -f - ug-print-PG_CFLAGS)
+BASE_CFLAGS=$(makefile_cflags)
 
 # Stack frames of usage_guard code: the library, or one of its sources
 # (valgrind runs with --fullpath-after=, so a bare api.c never shows up).
@@ -125,22 +124,6 @@ exec 3>&1 4>&2
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# build_variant DIR CFLAGS LDFLAGS_SL: build a copy of the tree in DIR and
-# install it into the stage.  with_llvm=no: no JIT bitcode, and the staged
-# bitcode of usage_guard is removed so JIT cannot inline uninstrumented code.
-build_variant() {
-    local dir=$1 cflags=$2 ldflags=$3
-    log "building usage_guard in $dir: PG_CFLAGS=\"$cflags\" LDFLAGS_SL=\"$ldflags\""
-    rm -rf "$dir"; mkdir -p "$dir"
-    tar -C "$ROOT" --exclude=.git --exclude='./results' --exclude='./tmp_*' \
-        --exclude='./output_iso' --exclude='./log' --exclude='*.o' --exclude='*.so' \
-        --exclude='*.bc' -cf - . | tar -C "$dir" -xf -
-    make -C "$dir" -s clean >/dev/null
-    make -C "$dir" -s with_llvm=no PG_CFLAGS="$cflags" LDFLAGS_SL="$ldflags"
-    make -C "$dir" -s with_llvm=no install DESTDIR="$STAGE" >/dev/null
-    rm -rf "$STAGE$PKGLIBDIR/bitcode/usage_guard" "$STAGE$PKGLIBDIR/bitcode/usage_guard.index.bc"
-}
 
 # make_canary DIR CFLAGS LDFLAGS_SL: a module whose function reads one byte
 # past a malloc'd block, and a one-test suite calling it, built like the
@@ -289,7 +272,7 @@ run_asan() {
     preload=$(asan_preload "$WORKDIR/asan-preload")
     mkdir -p "$logs/canary" "$logs/suites"
 
-    build_variant "$build" "$BASE_CFLAGS $san" "-fsanitize=address"
+    build_variant "$build" "$STAGE" "$BASE_CFLAGS $san" "-fsanitize=address"
     readelf -d "$build/usage_guard.so" | grep -q 'NEEDED.*libasan' ||
         { log "usage_guard.so is not linked with libasan"; exit 1; }
     local checks
@@ -367,7 +350,7 @@ run_valgrind() {
     local vgbin=$WORKDIR/valgrind-bin dbg="-fno-omit-frame-pointer -g -O1"
     mkdir -p "$logs/canary" "$logs/suites" "$vgbin"
 
-    build_variant "$build" "$BASE_CFLAGS $dbg" ""
+    build_variant "$build" "$STAGE" "$BASE_CFLAGS $dbg" ""
     make_canary "$canary" "$dbg" ""
     write_suppressions "$logs/postgres.supp"
 

@@ -75,6 +75,24 @@ RelationIsDistributed(Oid relid)
 	return known;
 }
 
+/* A read-only query of one boolean, run as the ledger's owner; NULL is false */
+static bool
+InternalBoolQuery(CachedQuery *q, Datum *values)
+{
+	InternalContext ctx;
+	bool		isnull;
+	bool		result;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "usage_guard: SPI_connect failed");
+	BeginInternal(&ctx, true);
+	RunQuery(q, values, NULL, true, 1);
+	result = SPI_processed == 1 && DatumGetBool(ResultDatum(0, 1, &isnull)) && !isnull;
+	EndInternal(&ctx);
+	SPI_finish();
+	return result;
+}
+
 /* Does this node hold the shard of the ledger that `$2` hashes to? */
 static CachedQuery shard_here_query = {
 	"SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_placement p, pg_catalog.pg_dist_local_group g"
@@ -109,9 +127,7 @@ TenantCountedHere(const char *tenant_id)
 	Oid			ledger = LedgerRelid();
 	TenantHere *e;
 	bool		found;
-	bool		isnull;
 	Datum		values[2];
-	InternalContext ctx;
 
 	if (!RelationIsDistributed(ledger))
 		return true;
@@ -136,13 +152,7 @@ TenantCountedHere(const char *tenant_id)
 
 	values[0] = ObjectIdGetDatum(ledger);
 	values[1] = CStringGetTextDatum(tenant_id);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "usage_guard: SPI_connect failed");
-	BeginInternal(&ctx, true);
-	RunQuery(&shard_here_query, values, NULL, true, 1);
-	found = SPI_processed == 1 && DatumGetBool(ResultDatum(0, 1, &isnull)) && !isnull;
-	EndInternal(&ctx);
-	SPI_finish();
+	found = InternalBoolQuery(&shard_here_query, values);
 
 	/* the lookup ran SQL: the table may have been rebuilt meanwhile */
 	if (tenants_here_generation == CacheGeneration())
@@ -173,18 +183,8 @@ CitusIsCoordinator(void)
 	static CachedQuery coordinator_query = {
 		"SELECT pg_catalog.citus_is_coordinator()", 0, {InvalidOid}
 	};
-	InternalContext ctx;
-	bool		isnull;
-	bool		result;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "usage_guard: SPI_connect failed");
-	BeginInternal(&ctx, true);
-	RunQuery(&coordinator_query, NULL, NULL, true, 1);
-	result = SPI_processed == 1 && DatumGetBool(ResultDatum(0, 1, &isnull)) && !isnull;
-	EndInternal(&ctx);
-	SPI_finish();
-	return result;
+	return InternalBoolQuery(&coordinator_query, NULL);
 }
 
 /*
